@@ -1,0 +1,3 @@
+from flowerft.cli import main
+
+main()

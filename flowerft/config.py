@@ -1,0 +1,162 @@
+"""Every default in one place, and how YAML files and flags override them.
+
+Precedence: the dataclass below < a YAML file (`--config`) < command-line flags.
+Everything is validated here, before any data is read or any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flowerft.backbones import get_backbone
+from flowerft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data ---
+    # An image folder with one subfolder per class; None means TFDS tf_flowers.
+    data_dir: str | None = None
+    # Pinned so that the splits (and so the test set) never move under a saved run.
+    tfds_name: str = "tf_flowers:3.0.1"
+    # Where TFDS keeps prepared datasets; None is TFDS's own default (~/tensorflow_datasets).
+    tfds_data_dir: str | None = None
+    # The book's slices: test train[:10%], valid train[10%:25%], train train[25%:].
+    test_percent: int = 10
+    valid_percent: int = 15
+    # Xception's ImageNet resolution; the book resizes every photo to it.
+    image_size: int = 224
+    batch_size: int = 32
+    # The book's buffer; tf_flowers has 3,670 images, so this mixes across classes.
+    shuffle_buffer: int = 1000
+    # Seeds the folder split, the shuffle and the weight initialisation.
+    seed: int = 42
+
+    # --- model ---
+    backbone: str = "xception"
+    # "imagenet" downloads once into ~/.keras/models; "none" is random init; else a file path.
+    weights: str = "imagenet"
+
+    # --- phase 1: new head on the frozen base (the book: SGD lr 0.2, momentum 0.9, decay 0.01) ---
+    epochs_head: int = 5
+    lr_head: float = 0.2
+    # Old Keras `decay`: lr / (1 + decay * step), i.e. InverseTimeDecay(lr, 1, decay); not weight decay.
+    decay_head: float = 0.01
+    # --- phase 2: unfreeze and fine-tune with a fresh optimizer (the book: lr 0.01, decay 0.001) ---
+    epochs_finetune: int = 10
+    lr_finetune: float = 0.01
+    decay_finetune: float = 0.001
+    momentum: float = 0.9
+    # Off like the book; 1.0 keeps fine-tuning stable where lr 0.2 left an overconfident head.
+    clipnorm: float | None = None
+    # A phase stops (and goes back to its best weights) when its loss is NaN/inf or this many
+    # times its first batch's loss: a diverging run only destroys what it had learned.
+    divergence_factor: float = 100.0
+
+    # --- output ---
+    # None means <runs_root>/<timestamp>; `evaluate` and `predict` find it via <runs_root>/latest.
+    run_dir: str | None = None
+    runs_root: str = "runs"
+    # Event files for `tensorboard --logdir <run_dir>/tensorboard`.
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+
+FIELDS = {f.name for f in dataclasses.fields(Config)}
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):  # bool is an int subclass; a YAML `true` is never a number
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return "null" if hint is type(None) else hint.__name__
+
+
+def _check_types(config: Config) -> None:
+    for name, hint in _HINTS.items():
+        value = getattr(config, name)
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{name}: expected {_type_name(hint)}, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and hint in (float, float | None):
+            object.__setattr__(config, name, float(value))
+
+
+def _check_values(c: Config) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {what}, got {getattr(c, key)!r}")
+
+    backbone = get_backbone(c.backbone)
+    need(c.image_size >= backbone.min_size, "image_size",
+         f"must be at least {backbone.min_size} for backbone {c.backbone}")
+    for key in ("epochs_head", "epochs_finetune"):
+        need(getattr(c, key) >= 0, key, "must be 0 or more")
+    for key in ("batch_size", "shuffle_buffer", "test_percent", "valid_percent"):
+        need(getattr(c, key) >= 1, key, "must be 1 or more")
+    need(c.test_percent + c.valid_percent < 100, "valid_percent",
+         "test_percent + valid_percent must leave some images for training")
+    for key in ("lr_head", "lr_finetune", "divergence_factor"):
+        need(getattr(c, key) > 0, key, "must be greater than 0")
+    for key in ("decay_head", "decay_finetune"):
+        need(getattr(c, key) >= 0, key, "must be 0 or more")
+    need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
+    need(c.clipnorm is None or c.clipnorm > 0, "clipnorm", "must be greater than 0 (or null for none)")
+    need(c.weights != "", "weights", "must be imagenet, none or a weights file")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; plain data only (yaml.safe_load runs no code)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the YAML file, then the overrides that are not None."""
+    values: dict[str, Any] = {}
+    sources = [read_yaml(yaml_path) if yaml_path else {}, {k: v for k, v in overrides.items() if v is not None}]
+    for source in sources:
+        unknown = sorted(set(source) - FIELDS)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown config key; known keys are {', '.join(sorted(FIELDS))}")
+        values.update(source)
+    return Config(**values)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)

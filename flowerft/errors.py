@@ -1,0 +1,21 @@
+"""The one exception type that library code raises for anything a user can fix.
+
+The CLI turns it into a one-line message and a non-zero exit code; everything else
+is a bug and keeps its traceback.
+"""
+
+
+class FlowerftError(Exception):
+    """A problem with the user's input or environment; the message says what to do."""
+
+
+class ConfigError(FlowerftError):
+    """A configuration key is unknown, has the wrong type or an impossible value."""
+
+
+class DataError(FlowerftError):
+    """The data source is missing, empty, unreadable or unreachable."""
+
+
+class OfflineError(FlowerftError):
+    """Something had to be downloaded and the network is not reachable."""

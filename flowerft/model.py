@@ -1,0 +1,143 @@
+"""The classifier: raw RGB pixels -> the backbone's own scaling -> frozen/unfrozen base -> new head.
+
+    image [0, 255] -> pixel scaling -> base (e.g. Xception, no top) -> global average pooling
+                   -> Dense(n_classes, softmax)
+
+The scaling lives inside the model, so a saved `.keras` file takes raw pixels and needs no
+preprocessing code beside it. Only built-in layers are used: a `Lambda` would not load in
+Keras's safe mode.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from flowerft.backbones import Backbone, get_backbone
+from flowerft.config import Config
+from flowerft.errors import ConfigError, OfflineError
+
+# ImageNet channel means, BGR order, as keras.applications.imagenet_utils' "caffe" mode uses them.
+CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype="float32")
+# Long enough for a slow but working network, short enough that offline fails fast.
+DOWNLOAD_TIMEOUT_SECONDS = 15.0
+
+
+def pixel_scaling(scaling: str) -> keras.layers.Layer | None:
+    """A built-in layer equal to the backbone's `preprocess_input`, or None if it scales itself."""
+    if scaling == "tf":  # [0, 255] -> [-1, 1]
+        return keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="pixel_scaling")
+    if scaling == "caffe":  # RGB -> BGR, minus the ImageNet mean: a fixed 1x1 convolution does both
+        swap_rgb_bgr = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+        return keras.layers.Conv2D(
+            3,
+            1,
+            name="pixel_scaling",
+            trainable=False,
+            kernel_initializer=keras.initializers.Constant(swap_rgb_bgr),
+            bias_initializer=keras.initializers.Constant(-CAFFE_BGR_MEAN),
+        )
+    if scaling == "none":
+        return None
+    raise ValueError(f"unknown pixel scaling {scaling!r}")
+
+
+def make_base(backbone: Backbone, image_size: int, weights: str) -> keras.Model:
+    """The backbone without its top, with ImageNet, random (`none`) or file weights."""
+    constructor = getattr(keras.applications, backbone.constructor)
+    shape = (image_size, image_size, 3)
+    if weights == "none":
+        return constructor(include_top=False, weights=None, input_shape=shape)
+    if weights == "imagenet":
+        return _download_imagenet_base(constructor, shape, backbone.name)
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"weights: {weights} is neither imagenet, none nor an existing weights file")
+    try:
+        return constructor(include_top=False, weights=str(path), input_shape=shape)
+    except Exception as e:  # h5py/keras raise many types for a file that is not these weights
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"weights: {path} does not hold {backbone.constructor} weights without top ({reason}); "
+            f"give the '_notop' weights file of backbone {backbone.name}"
+        ) from None
+
+
+def _download_imagenet_base(constructor, shape, name: str) -> keras.Model:
+    # Keras downloads into ~/.keras/models once and reuses the file afterwards. urllib has no
+    # timeout of its own, so a dead network would hang: bound every socket for the download.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
+    try:
+        return constructor(include_top=False, weights="imagenet", input_shape=shape)
+    except Exception as e:
+        if "fetch failure" not in str(e) and not isinstance(e, OSError):
+            raise
+        raise OfflineError(
+            f"cannot download the ImageNet weights of {name}: the network is unreachable; "
+            "work offline with --weights PATH (a '_notop' .h5 file), --weights none, or put the file "
+            "in ~/.keras/models on a machine that has a network"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def build_model(config: Config, n_classes: int) -> tuple[keras.Model, keras.Model]:
+    """The full classifier and its base (returned too, to freeze and unfreeze it)."""
+    backbone = get_backbone(config.backbone)
+    inputs = keras.Input(shape=(config.image_size, config.image_size, 3), name="image")
+    x = inputs
+    scaling = pixel_scaling(backbone.scaling)
+    if scaling is not None:
+        x = scaling(x)
+    base = make_base(backbone, config.image_size, config.weights)
+    x = base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    # float32 output keeps softmax stable if a mixed-precision policy is ever set.
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"flowerft_{backbone.name}"), base
+
+
+def all_layers(layer: keras.layers.Layer):
+    """`layer` and every layer nested in it."""
+    yield layer
+    for sub in getattr(layer, "layers", []):
+        yield from all_layers(sub)
+
+
+def freeze_base(base: keras.Model) -> None:
+    base.trainable = False
+
+
+def unfreeze_base(base: keras.Model) -> None:
+    """Make the base trainable, except BatchNormalization, which must stay in inference mode.
+
+    Fine-tuning batches are small and differ from ImageNet: letting BatchNormalization update
+    its moving mean and variance wrecks the features the head was trained on. In Keras 3,
+    calling the base with `training=False` at construction does not protect them (`fit`
+    overrides it, keras-team/keras #20285); a BatchNormalization layer with trainable=False
+    always runs in inference mode, so that is the switch we use.
+    """
+    # Set every layer: Keras's `trainable` setter skips a layer whose own flag already matches,
+    # so `base.trainable = True` alone would not reach layers that a nested model set earlier.
+    base.trainable = True
+    for layer in all_layers(base):
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def compile_for_phase(model: keras.Model, *, lr: float, decay: float, momentum: float, clipnorm: float | None) -> None:
+    """A fresh SGD for this phase: after `trainable` changes, Keras needs a recompile.
+
+    The book's `SGD(lr=..., decay=...)` decayed the rate per step as lr / (1 + decay * step);
+    Keras 3 spells that InverseTimeDecay(lr, decay_steps=1, decay_rate=decay).
+    """
+    schedule = keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=decay)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, clipnorm=clipnorm)
+    model.compile(
+        optimizer=optimizer,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )

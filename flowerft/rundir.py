@@ -1,0 +1,106 @@
+"""The run directory: the unit of state that `evaluate` and `predict` rebuild everything from.
+
+    <run_dir>/config.yaml          the resolved configuration
+    <run_dir>/class_names.json     label index -> class name, in the source's own order
+    <run_dir>/splits.json          (image folders) the files of each split
+    <run_dir>/checkpoints/         head_best.keras, finetune_best.keras, final.keras
+    <run_dir>/history_<phase>.csv  per-epoch metrics of each phase (and history.json for both)
+    <run_dir>/metrics.json         per-phase summary and which checkpoint is best
+    <run_dir>/tensorboard/         event files
+
+By default runs go to runs/<timestamp>, and runs/latest names the newest finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flowerft.errors import FlowerftError
+
+LATEST = "latest"
+CHECKPOINTS = "checkpoints"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def new_run_dir(runs_root: str | Path) -> Path:
+    """runs_root/<YYYYmmdd-HHMMSS>, with a suffix if two runs start in the same second."""
+    root = Path(runs_root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = root / stamp, 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stamp}-{n}"
+    return candidate
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any compute if `path` could not be created or written."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        what = "is not a folder" if not ancestor.is_dir() else "is not writable"
+        raise FlowerftError(f"cannot write to run dir {path}: {ancestor} {what}; choose another --run-dir")
+
+
+def make_run_dir(path: Path) -> Path:
+    try:
+        (path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise FlowerftError(f"cannot write to run dir {path}: {e.strerror or e}; choose another --run-dir") from None
+    return path
+
+
+def set_latest(run_dir: Path) -> None:
+    """Point <parent>/latest at `run_dir` (a one-line file: symlinks are not portable)."""
+    write_atomic(run_dir.parent / LATEST, run_dir.name + "\n")
+
+
+def find_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> Path:
+    """The run to evaluate or predict with: `run_dir` if given, else the latest under runs_root."""
+    if run_dir is not None:
+        path = Path(run_dir)
+        if not path.is_dir():
+            raise FlowerftError(f"run dir {path} does not exist; give the folder `flowerft train` wrote")
+        return path
+    pointer = Path(runs_root) / LATEST
+    if not pointer.is_file():
+        raise FlowerftError(f"no finished run found ({pointer} is missing); run `flowerft train` first or give --run-dir")
+    path = Path(runs_root) / pointer.read_text().strip()
+    if not path.is_dir():
+        raise FlowerftError(f"{pointer} names {path}, which does not exist; give --run-dir")
+    return path

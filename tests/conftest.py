@@ -1,0 +1,68 @@
+"""Shared fixtures: generated image folders and one small trained run for the slower tests.
+
+Everything runs offline on data made here, with weights=none and tiny images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("daisy", "dandelion", "roses")
+# Xception's minimum input, so the end-to-end run exercises the default backbone.
+TINY = 71
+
+
+def make_image(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image.Image:
+    """A noisy picture whose dominant colour depends on the class, so a model can learn it."""
+    h, w = size
+    image = rng.normal(60, 25, (h, w, 3))
+    image[..., label % 3] += 120
+    return Image.fromarray(np.clip(image, 0, 255).astype("uint8"))
+
+
+def make_image_folder(
+    root: Path, classes=CLASSES, per_class: int = 10, seed: int = 0, sizes=(60, 120), ext: str = ".jpg"
+) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = rng.integers(sizes[0], sizes[1], 2)
+            make_image(rng, label, (h, w)).save(folder / f"{name}_{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "flowers")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One real `flowerft train` through the CLI: Xception, weights none, 71 px, 1+1 epochs."""
+    from typer.testing import CliRunner
+
+    from flowerft.cli import app
+
+    root = tmp_path_factory.mktemp("e2e")
+    folder = make_image_folder(root / "flowers", per_class=12)
+    runs = root / "runs"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train", "--data-dir", str(folder), "--weights", "none", "--image-size", str(TINY),
+            "--batch-size", "8", "--epochs-head", "1", "--epochs-finetune", "1",
+            "--run-dir", str(runs / "first"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return runs / "first"

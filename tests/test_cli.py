@@ -1,0 +1,145 @@
+"""The CLI: options reach the Config, errors are one line with a non-zero exit code."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from flowerft import train
+from flowerft.cli import app
+from flowerft.config import Config
+from flowerft.train import RunResult
+
+from conftest import make_image_folder
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def captured(monkeypatch, tmp_path):
+    """Patch the training call and keep the Config it receives."""
+    seen = {}
+
+    def fake_run(config, callbacks, notify):
+        seen["config"] = config
+        notify("fake run")
+        metrics = train.summarize(train.PhaseResult("head", 0), train.PhaseResult("finetune", 0), "checkpoints/final.keras")
+        return RunResult(tmp_path, metrics)
+
+    monkeypatch.setattr(train, "run", fake_run)
+    return seen
+
+
+def test_train_without_arguments_uses_the_books_defaults(captured):
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 0, result.output
+    assert captured["config"] == Config()
+    assert "Training summary" in result.output
+
+
+def test_flags_override_the_yaml_file(captured, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs_head: 2\nlr_head: 0.05\nclipnorm: 0.5\n")
+    result = runner.invoke(app, [
+        "train", "--config", str(path), "--epochs-head", "3", "--epochs-finetune", "0", "--data-dir", "d",
+        "--weights", "none", "--backbone", "mobilenet", "--image-size", "96", "--batch-size", "16",
+        "--lr-finetune", "0.001", "--seed", "7", "--run-dir", "r", "--tfds-data-dir", "t",
+    ])
+    assert result.exit_code == 0, result.output
+    c = captured["config"]
+    assert (c.epochs_head, c.lr_head, c.clipnorm, c.epochs_finetune) == (3, 0.05, 0.5, 0)
+    assert (c.data_dir, c.weights, c.backbone, c.image_size, c.batch_size) == ("d", "none", "mobilenet", 96, 16)
+    assert (c.lr_finetune, c.seed, c.run_dir, c.tfds_data_dir) == (0.001, 7, "r", "t")
+
+
+def test_help_lists_every_option_with_its_default():
+    result = runner.invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    for option in ("--config", "--data-dir", "--tfds-data-dir", "--weights", "--backbone", "--image-size",
+                   "--batch-size", "--epochs-head", "--epochs-finetune", "--lr-head", "--lr-finetune",
+                   "--clipnorm", "--seed", "--run-dir"):
+        assert option in result.output
+    assert "(default: 0.2)" in result.output
+
+
+def error_of(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs-head", "-1"], "epochs_head: must be 0 or more"),
+        (["--image-size", "32"], "image_size: must be at least 71"),
+        (["--backbone", "vgg99"], "backbone: unknown backbone 'vgg99'"),
+        (["--weights", "/no/such/file.h5"], "weights: /no/such/file.h5 is neither"),
+        (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
+        (["--data-dir", "/no/such/dir", "--weights", "none"], "data dir /no/such/dir does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(args, message):
+    assert message in error_of(["train", *args])
+
+
+def test_empty_data_dir_and_empty_class_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "has no class subfolders" in error_of(["train", "--data-dir", str(tmp_path / "empty"), "--weights", "none"])
+    root = make_image_folder(tmp_path / "f", per_class=2)
+    (root / "tulips").mkdir()
+    assert "tulips has no images" in error_of(["train", "--data-dir", str(root), "--weights", "none"])
+
+
+def test_unknown_config_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epoch_head: 3\n")
+    assert "epoch_head: unknown config key" in error_of(["train", "--config", str(path)])
+
+
+def test_unwritable_run_dir(tmp_path, image_folder):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    message = error_of(["train", "--data-dir", str(image_folder), "--weights", "none", "--image-size", "71",
+                        "--run-dir", str(blocker / "run")])
+    assert "cannot write to run dir" in message
+
+
+def test_offline_tfds_fails_fast_with_the_remedy(tmp_path, monkeypatch):
+    from flowerft import data
+
+    with socket_closed_port() as port:
+        monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
+        start = time.monotonic()
+        message = error_of(["train", "--tfds-data-dir", str(tmp_path)])
+    assert time.monotonic() - start < 15
+    assert "--data-dir" in message and "--tfds-data-dir" in message
+
+
+class socket_closed_port:
+    def __enter__(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_help_does_not_import_tensorflow():
+    code = "import sys; from flowerft.cli import app; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_python_dash_m_and_console_script_run():
+    out = subprocess.run([sys.executable, "-m", "flowerft", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout

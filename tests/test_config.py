@@ -1,0 +1,109 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flowerft.config import DEFAULTS, Config, make_config, to_dict
+from flowerft.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_books_recipe():
+    c = Config()
+    assert (c.backbone, c.weights, c.image_size, c.batch_size, c.shuffle_buffer) == ("xception", "imagenet", 224, 32, 1000)
+    assert (c.epochs_head, c.lr_head, c.decay_head) == (5, 0.2, 0.01)
+    assert (c.epochs_finetune, c.lr_finetune, c.decay_finetune, c.momentum) == (10, 0.01, 0.001, 0.9)
+    assert (c.test_percent, c.valid_percent, c.tfds_name) == (10, 15, "tf_flowers:3.0.1")
+    assert c.clipnorm is None
+
+
+def test_default_yaml_restates_the_defaults_and_names_its_command():
+    path = REPO / "configs" / "default.yaml"
+    assert path.read_text().startswith("# flowerft train")
+    values = yaml.safe_load(path.read_text())
+    assert values and all(DEFAULTS[k] == v for k, v in values.items())
+    assert make_config(path) == Config()
+
+
+def test_every_shipped_config_loads():
+    for path in (REPO / "configs").glob("*.yaml"):
+        make_config(path)
+
+
+def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs_head: 2\nlr_head: 0.05\nbackbone: mobilenet\n")
+    c = make_config(path, epochs_head=7, lr_finetune=None)
+    assert (c.epochs_head, c.lr_head, c.backbone, c.lr_finetune) == (7, 0.05, "mobilenet", 0.01)
+
+
+def test_ints_are_accepted_for_floats_and_stored_as_floats():
+    c = make_config(lr_head=1, clipnorm=1)
+    assert isinstance(c.lr_head, float) and isinstance(c.clipnorm, float)
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    c = make_config(epochs_head=3, clipnorm=1.0, data_dir="x")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(c)))
+    assert make_config(path) == c
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"epochs_head": -1}, "epochs_head"),
+        ({"epochs_finetune": -3}, "epochs_finetune"),
+        ({"image_size": 70}, "image_size"),  # Xception needs 71
+        ({"backbone": "vgg99"}, "backbone"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr_head": 0}, "lr_head"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"clipnorm": -1.0}, "clipnorm"),
+        ({"epochs_head": "five"}, "epochs_head"),
+        ({"epochs_head": 2.5}, "epochs_head"),
+        ({"tensorboard": 1}, "tensorboard"),
+        ({"image_size": True}, "image_size"),
+        ({"test_percent": 50, "valid_percent": 50}, "valid_percent"),
+    ],
+)
+def test_bad_values_name_the_key(values, key):
+    with pytest.raises(ConfigError, match=f"^{key}:"):
+        make_config(**values)
+
+
+def test_image_size_minimum_depends_on_backbone():
+    assert make_config(backbone="mobilenet", image_size=32).image_size == 32
+    with pytest.raises(ConfigError, match="at least 71"):
+        make_config(image_size=32)
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs_head: 1\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="^learning_rate: unknown config key"):
+        make_config(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("epochs_head: [1\n", "not valid YAML"), ("- 1\n- 2\n", "must hold a mapping")],
+)
+def test_bad_yaml_files(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        make_config(path)
+
+
+def test_missing_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_cannot_run_code(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        make_config(path)

@@ -1,0 +1,190 @@
+"""Data functions, each run eagerly and inside Dataset.map (the two can differ)."""
+
+import io
+import socket
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from flowerft import data
+from flowerft.config import make_config
+from flowerft.errors import DataError, OfflineError
+
+from conftest import make_image_folder
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+SAMPLES = {
+    "jpeg": encode(Image.fromarray(RGB), "JPEG"),
+    "png": encode(Image.fromarray(RGB), "PNG"),
+    "gray png": encode(Image.fromarray(RGB[..., 0]), "PNG"),
+    "rgba png": encode(Image.fromarray(np.dstack([RGB, RGB[..., :1]])), "PNG"),
+    "palette png": encode(Image.fromarray(RGB).convert("P"), "PNG"),
+    "bmp": encode(Image.fromarray(RGB), "BMP"),
+    "animated gif": encode(
+        Image.fromarray(RGB).convert("P"), "GIF", save_all=True,
+        append_images=[Image.fromarray(255 - RGB).convert("P")],
+    ),
+}
+
+
+def in_map(fn, value):
+    """`fn` applied inside a tf.data pipeline rather than eagerly."""
+    return next(iter(tf.data.Dataset.from_tensors(value).map(fn)))
+
+
+@pytest.mark.parametrize("kind", SAMPLES)
+def test_decode_image_gives_rgb_uint8_eagerly_and_in_map(kind):
+    eager = data.decode_image(tf.constant(SAMPLES[kind]))
+    mapped = in_map(data.decode_image, tf.constant(SAMPLES[kind]))
+    assert eager.shape == (9, 13, 3) and eager.dtype == tf.uint8
+    np.testing.assert_array_equal(eager, mapped)
+
+
+def test_decode_keeps_png_pixels_and_first_gif_frame():
+    np.testing.assert_array_equal(data.decode_image(tf.constant(SAMPLES["png"])), RGB)
+    gray = data.decode_image(tf.constant(SAMPLES["gray png"])).numpy()
+    np.testing.assert_array_equal(gray[..., 1], RGB[..., 0])
+    first = data.decode_image(tf.constant(SAMPLES["animated gif"])).numpy()
+    palette = np.asarray(Image.fromarray(RGB).convert("P").convert("RGB"))
+    assert np.abs(first.astype(int) - palette).mean() < 5  # frame 0, not the inverted frame 1
+
+
+def test_resize_eagerly_and_in_map():
+    image = tf.constant(RGB)
+    eager = data.resize_image(image, 71)
+    mapped = in_map(lambda x: data.resize_image(x, 71), image)
+    assert eager.shape == (71, 71, 3) and eager.dtype == tf.uint8
+    np.testing.assert_array_equal(eager, mapped)
+
+
+def test_make_pipeline_batches_float_pixels_in_0_255():
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(np.stack([RGB] * 5)), tf.range(5, dtype=tf.int64)))
+    batches = list(data.make_pipeline(ds, lambda x: data.resize_image(x, 16), batch_size=2))
+    assert [b[0].shape[0] for b in batches] == [2, 2, 1]
+    images, labels = batches[0]
+    assert images.dtype == tf.float32 and images.shape[1:] == (16, 16, 3)
+    assert 0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255
+    assert list(labels.numpy()) == [0, 1]
+
+
+def test_training_pipeline_shuffles_deterministically_per_seed():
+    ds = tf.data.Dataset.from_tensor_slices((tf.zeros((20, 4, 4, 3), tf.uint8), tf.range(20, dtype=tf.int64)))
+
+    def order(seed):
+        pipe = data.make_pipeline(ds, lambda x: x, batch_size=20, shuffle_buffer=20, seed=seed)
+        return list(next(iter(pipe))[1].numpy())
+
+    assert order(1) == order(1)
+    assert order(1) != list(range(20))
+    assert sorted(order(1)) == list(range(20))
+
+
+def test_split_files_is_stratified_deterministic_and_disjoint():
+    files = [[f"c{c}/{i}.jpg" for i in range(40)] for c in range(3)]
+    a = data.split_files(files, 10, 15, seed=7)
+    assert a == data.split_files(files, 10, 15, seed=7)
+    assert a != data.split_files(files, 10, 15, seed=8)
+    assert {k: len(v) for k, v in a.items()} == {"test": 12, "valid": 18, "train": 90}
+    for label in range(3):
+        assert sum(1 for _, y in a["test"] if y == label) == 4
+    everything = [p for split in a.values() for p, _ in split]
+    assert sorted(everything) == sorted(p for c in files for p in c)
+
+
+def test_list_image_folder_ignores_hidden_and_non_image_files(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class=3)
+    (root / "daisy" / ".hidden.jpg").write_bytes(b"x")
+    (root / "daisy" / "notes.txt").write_text("x")
+    (root / ".cache").mkdir()
+    (root / "roses" / "more").mkdir()
+    make_image_folder(root / "roses" / "more", classes=("x",), per_class=1, ext=".png")
+    names, files = data.list_image_folder(root)
+    assert names == ["daisy", "dandelion", "roses"]
+    assert [len(f) for f in files] == [3, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("missing", "does not exist"),
+        ("file", "is not a folder"),
+        ("empty", "has no class subfolders"),
+        ("empty class", "has no images"),
+        ("one class", "only one class"),
+    ],
+)
+def test_bad_folders(tmp_path, layout, message):
+    root = tmp_path / "data"
+    if layout == "file":
+        root.write_text("x")
+    elif layout == "empty":
+        root.mkdir()
+    elif layout == "empty class":
+        make_image_folder(root, per_class=2)
+        (root / "tulips").mkdir()
+        (root / "tulips" / "readme.txt").write_text("x")
+    elif layout == "one class":
+        make_image_folder(root, classes=("daisy",), per_class=2)
+    with pytest.raises(DataError, match=message):
+        data.list_image_folder(root)
+
+
+def test_too_few_images_for_a_split(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class=2)
+    with pytest.raises(DataError, match="split is empty"):
+        data.load_folder(make_config(data_dir=str(root)))
+
+
+def test_folder_pipeline_reads_the_files(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class=10, ext=".png")
+    config = make_config(data_dir=str(root), image_size=71, batch_size=4)
+    splits = data.load(config)
+    assert splits.sizes == {"train": 21, "valid": 6, "test": 3}
+    images, labels = next(iter(data.pipeline(splits, "valid", config)))
+    assert images.shape == (4, 71, 71, 3)
+    path, label = splits.files["valid"][0]
+    expected = data.resize_image(tf.constant(np.asarray(Image.open(path).convert("RGB"))), 71)
+    np.testing.assert_array_equal(images[0].numpy().astype("uint8"), expected)
+    assert labels[0] == label
+
+
+def test_tfds_slices_are_the_books():
+    assert data.tfds_split_names(10, 15) == {"test": "train[:10%]", "valid": "train[10%:25%]", "train": "train[25%:]"}
+
+
+def test_tfds_source_keeps_tfds_class_order(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(data, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    config = make_config(tfds_data_dir=str(tmp_path), image_size=71, batch_size=3)
+    with tfds.testing.mock_data(num_examples=6):
+        splits = data.load(config)
+        images, labels = next(iter(data.pipeline(splits, "train", config, training=True)))
+    assert splits.class_names == ["dandelion", "daisy", "tulips", "sunflowers", "roses"]
+    assert splits.element == "image" and splits.files is None
+    assert images.shape == (3, 71, 71, 3) and images.dtype == tf.float32
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tfds_download_fails_fast_and_names_the_offline_remedies(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
+    start = time.monotonic()
+    with pytest.raises(OfflineError) as error:
+        data.load(make_config(tfds_data_dir=str(tmp_path)))
+    assert time.monotonic() - start < 15
+    assert "--data-dir" in str(error.value) and "--tfds-data-dir" in str(error.value)

@@ -1,0 +1,118 @@
+"""Training end to end: the artifacts of a real run, the phase summary, the TFDS source."""
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from flowerft import data, train
+from flowerft.config import make_config
+from flowerft.train import PhaseResult, summarize
+
+
+def test_train_writes_every_artifact(trained_run):
+    run = trained_run
+    for name in ("config.yaml", "class_names.json", "splits.json", "metrics.json", "history.json",
+                 "history_head.csv", "history_finetune.csv", "checkpoints/final.keras",
+                 "checkpoints/head_best.keras", "checkpoints/finetune_best.keras"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard" / "train").iterdir())
+    assert (run.parent / "latest").read_text().strip() == run.name
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["image_size"] == 71 and config["weights"] == "none" and config["epochs_head"] == 1
+    assert make_config(**config).lr_head == 0.2  # the saved config is complete and valid
+    assert json.loads((run / "class_names.json").read_text()) == ["daisy", "dandelion", "roses"]
+    splits = json.loads((run / "splits.json").read_text())
+    assert {k: len(v) for k, v in splits.items()} == {"train": 27, "valid": 6, "test": 3}
+
+
+def test_metrics_summarise_both_phases(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for phase in ("head", "finetune"):
+        p = metrics["phases"][phase]
+        assert p["epochs_run"] == p["epochs_planned"] == 1
+        for key in ("best_val_accuracy", "best_val_loss", "last_val_accuracy", "last_val_loss"):
+            assert isinstance(p[key], float)
+        assert p["wall_time_s"] > 0 and p["checkpoint"] == f"checkpoints/{phase}_best.keras"
+    assert metrics["best_phase"] in ("head", "finetune")
+    assert metrics["best_checkpoint"] == metrics["phases"][metrics["best_phase"]]["checkpoint"]
+    assert metrics["final_checkpoint"] == "checkpoints/final.keras"
+
+
+def test_history_is_continuous_over_both_phases(trained_run):
+    rows = json.loads((trained_run / "history.json").read_text())
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("head", 1), ("finetune", 2)]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    with open(trained_run / "history_finetune.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in csv_rows] == [1]  # CSVLogger counts from 0
+    assert float(csv_rows[0]["val_accuracy"]) == pytest.approx(rows[1]["val_accuracy"])
+
+
+def test_checkpoints_load_in_safe_mode_with_frozen_batchnorm(trained_run):
+    model = keras.saving.load_model(trained_run / "checkpoints" / "final.keras", safe_mode=True)
+    assert model.input_shape == (None, 71, 71, 3) and model.output_shape == (None, 3)
+    base = model.get_layer("xception")
+    assert base.trainable
+    assert not any(l.trainable for l in base.layers if isinstance(l, keras.layers.BatchNormalization))
+    probabilities = model.predict(np.full((1, 71, 71, 3), 128.0, "float32"), verbose=0)
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def phase(name, best, last, checkpoint=True, stopped=None):
+    return PhaseResult(
+        name, 2, 2, best_val_accuracy=best, last_val_accuracy=last, stopped_because=stopped,
+        checkpoint=f"checkpoints/{name}_best.keras" if checkpoint else None,
+    )
+
+
+def test_best_checkpoint_is_chosen_over_both_phases():
+    m = summarize(phase("head", 0.6, 0.6), phase("finetune", 0.8, 0.8), "checkpoints/final.keras")
+    assert (m["best_phase"], m["best_checkpoint"], m["warnings"]) == ("finetune", "checkpoints/finetune_best.keras", [])
+    tie = summarize(phase("head", 0.7, 0.7), phase("finetune", 0.7, 0.7), "checkpoints/final.keras")
+    assert tie["best_phase"] == "head"
+
+
+def test_fine_tuning_that_falls_below_the_head_is_reported_with_remedies():
+    m = summarize(phase("head", 0.75, 0.7), phase("finetune", 0.5, 0.2, stopped="loss became nan"), "f.keras")
+    assert m["best_checkpoint"] == "checkpoints/head_best.keras"
+    text = " ".join(m["warnings"])
+    assert "stopped early: loss became nan" in text
+    assert "below the head phase's best 75.0%" in text and "--clipnorm 1" in text and "--lr-finetune" in text
+
+
+def test_zero_epochs_everywhere_falls_back_to_the_final_model():
+    m = summarize(PhaseResult("head", 0), PhaseResult("finetune", 0), "checkpoints/final.keras")
+    assert m["best_checkpoint"] == "checkpoints/final.keras" and m["best_phase"] is None
+
+
+def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(data, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    config = make_config(
+        tfds_data_dir=str(tmp_path / "tfds"), backbone="mobilenet", weights="none", image_size=32,
+        batch_size=4, epochs_head=1, epochs_finetune=1, run_dir=str(tmp_path / "run"), tensorboard=False,
+    )
+    phases = []
+
+    class Seen(keras.callbacks.Callback):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def on_epoch_end(self, epoch, logs=None):
+            phases.append((self.name, epoch))
+
+    with tfds.testing.mock_data(num_examples=8):
+        result = train.run(config, callbacks=lambda name: [Seen(name)])
+    assert phases == [("head", 0), ("finetune", 1)]
+    assert json.loads((tmp_path / "run" / "class_names.json").read_text()) == [
+        "dandelion", "daisy", "tulips", "sunflowers", "roses"]
+    assert not (tmp_path / "run" / "splits.json").exists()
+    assert result.metrics["phases"]["finetune"]["epochs_run"] == 1
+    assert (tmp_path / "latest").read_text().strip() == "run"

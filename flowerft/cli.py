@@ -5,6 +5,7 @@ TensorFlow is imported inside the commands, never at module level, so `--help` i
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -114,6 +115,91 @@ def train(
     for warning in result.metrics["warnings"]:
         console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
     console.print(f"Best model: {result.run_dir / result.metrics['best_checkpoint']}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Optional[str], typer.Option(help="Run to evaluate (default: the one runs/latest names).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best (best validation accuracy over both phases) or final.")] = "best",
+    split: Annotated[str, typer.Option(help="test or valid, as recorded by training.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout and nothing else.")] = False,
+) -> None:
+    """Evaluate a trained run: loss, accuracy, top-2, per-class report and confusion matrix."""
+    try:
+        import_tensorflow_quietly()
+        from flowerft import evaluate as evaluation
+
+        report = evaluation.run(run_dir, checkpoint=checkpoint, split=split)
+    except FlowerftError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    show_evaluation(report, evaluation.output_names(split, checkpoint))
+
+
+@app.command()
+def predict(
+    images: Annotated[list[str], typer.Argument(help="Image files and folders (a folder means every image in it).")],
+    run_dir: Annotated[Optional[str], typer.Option(help="Run whose model predicts (default: the one runs/latest names).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or final.")] = "best",
+    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help='Print [{"path", "top_k": [{"label", "probability"}]}] on stdout.')] = False,
+) -> None:
+    """Predict the class of image files with a trained run's model."""
+    try:
+        import_tensorflow_quietly()
+        from flowerft import predict as prediction
+
+        predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint, k=top_k)
+    except FlowerftError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps([{"path": p.path, "top_k": p.top_k} for p in predictions], indent=2))
+    elif predictions:
+        console.print(prediction_table(predictions, top_k))
+    for failure in failures:
+        err_console.print(f"[bold red]Error:[/] {failure.message}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def prediction_table(predictions, k: int) -> Table:
+    table = Table(title="Predictions")
+    table.add_column("image", overflow="fold")
+    for rank in range(1, k + 1):
+        table.add_column(f"#{rank}")
+    for p in predictions:
+        cells = [f"{t['label']} {t['probability']:.1%}" for t in p.top_k]
+        table.add_row(p.path, *cells, *[""] * (k - len(cells)))
+    return table
+
+
+def show_evaluation(report: dict, files: tuple[str, ...]) -> None:
+    summary = Table(title=f"{report['run_dir']} ({report['checkpoint']}, {report['split']} split)")
+    for column in ("images", "loss", "accuracy", "top-2 accuracy"):
+        summary.add_column(column, justify="right")
+    summary.add_row(str(report["examples"]), _num(report["loss"]), _pct(report["accuracy"]), _pct(report["top2_accuracy"]))
+    console.print(summary)
+
+    per_class = Table(title="Per class")
+    per_class.add_column("class")
+    for column in ("precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="right")
+    rows = [*report["per_class"].items(), ("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]
+    for name, r in rows:
+        per_class.add_row(name, _num(r["precision"]), _num(r["recall"]), _num(r["f1-score"]), str(int(r["support"])))
+    console.print(per_class)
+
+    names = report["class_names"]
+    matrix = Table(title="Confusion matrix (rows: true class, columns: predicted)")
+    matrix.add_column("true \\ predicted")
+    for name in names:
+        matrix.add_column(name, justify="right")
+    for name, row in zip(names, report["confusion_matrix"]):
+        matrix.add_row(name, *map(str, row))
+    console.print(matrix)
+    console.print("Written: " + ", ".join(str(Path(report["run_dir"]) / f) for f in files), highlight=False)
 
 
 def _pct(value) -> str:

@@ -1,0 +1,145 @@
+"""Evaluate a trained run on its test (or validation) split, exactly as training saw the data.
+
+Everything comes from the run directory: the config, the class names, the split's files
+(image folders) or TFDS slice, and the checkpoint. The report is plain data; the CLI shows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import yaml
+from sklearn.metrics import classification_report, confusion_matrix
+
+from flowerft import data, rundir
+from flowerft.config import Config, make_config
+from flowerft.errors import FlowerftError
+
+CHECKPOINTS = ("best", "final")
+SPLITS = ("test", "valid")
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FlowerftError(f"{run_dir} holds no config.yaml; is it a folder written by `flowerft train`?")
+    values = yaml.safe_load(path.read_text()) or {}
+    return make_config(**values)
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """The `.keras` file for best (over both phases, from metrics.json) or final."""
+    if which not in CHECKPOINTS:
+        raise FlowerftError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FlowerftError(f"{run_dir} has no metrics.json: its training did not finish; train again or pick another --run-dir")
+    metrics = rundir.read_json(metrics_path)
+    path = run_dir / metrics[f"{which}_checkpoint"]
+    if not path.is_file():
+        raise FlowerftError(f"checkpoint {path} is missing; use --checkpoint {'final' if which == 'best' else 'best'} or train again")
+    return path
+
+
+def load_model(path: Path) -> keras.Model:
+    # safe_mode refuses to deserialize code (Lambda layers and the like) from the file.
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise FlowerftError(f"{path} is not a loadable Keras model ({reason}); train again or pick another checkpoint") from None
+
+
+def run_splits(run_dir: Path, config: Config) -> data.Splits:
+    """The run's splits: the recorded file lists of a folder source, else the TFDS slices."""
+    class_names = rundir.read_json(run_dir / "class_names.json")
+    files_path = run_dir / "splits.json"
+    if files_path.is_file():
+        files = {k: [(p, int(y)) for p, y in v] for k, v in rundir.read_json(files_path).items()}
+        return data.splits_from_files(class_names, files)
+    return data.load_tfds(config)
+
+
+def predict_dataset(model: keras.Model, ds) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and true labels over a batched (images, labels) dataset."""
+    probabilities, labels = [], []
+    for images, y in ds:
+        probabilities.append(model.predict_on_batch(images))
+        labels.append(y.numpy())
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Loss, accuracy, top-2 accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    n = len(class_names)
+    loss = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
+    accuracy = keras.metrics.SparseCategoricalAccuracy()
+    accuracy.update_state(labels, probabilities)
+    top2 = keras.metrics.SparseTopKCategoricalAccuracy(k=min(2, n))
+    top2.update_state(labels, probabilities)
+    predicted = probabilities.argmax(axis=1)
+    per_class = classification_report(
+        labels, predicted, labels=list(range(n)), target_names=class_names, output_dict=True, zero_division=0
+    )
+    return {
+        "examples": int(len(labels)),
+        "loss": float(loss),
+        "accuracy": float(accuracy.result()),
+        "top2_accuracy": float(top2.result()),
+        "per_class": {name: per_class[name] for name in class_names},
+        "macro_avg": per_class["macro avg"],
+        "weighted_avg": per_class["weighted avg"],
+        "class_names": class_names,
+        # rows: true class, columns: predicted class
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(n))).tolist(),
+    }
+
+
+def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = 2.5 + 0.8 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def output_names(split: str, checkpoint: str) -> tuple[str, str]:
+    """evaluation.json / confusion_matrix.png for the default; suffixed names otherwise."""
+    suffix = "" if (split, checkpoint) == ("test", "best") else f"_{split}_{checkpoint}"
+    return f"evaluation{suffix}.json", f"confusion_matrix{suffix}.png"
+
+
+def run(run_dir: str | Path | None = None, checkpoint: str = "best", split: str = "test") -> dict[str, Any]:
+    """Evaluate a run; the report is also written to the run directory (see output_names)."""
+    if split not in SPLITS:
+        raise FlowerftError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    path = rundir.find_run(run_dir)
+    config = load_run_config(path)
+    model_path = checkpoint_path(path, checkpoint)
+    model = load_model(model_path)
+    splits = run_splits(path, config)
+    probabilities, labels = predict_dataset(model, data.pipeline(splits, split, config))
+    result = {
+        "run_dir": str(path),
+        "checkpoint": str(model_path.relative_to(path)),
+        "split": split,
+        **report(probabilities, labels, splits.class_names),
+    }
+    json_name, png_name = output_names(split, checkpoint)
+    rundir.write_json(path / json_name, result)
+    plot_confusion_matrix(result["confusion_matrix"], splits.class_names, path / png_name,
+                          f"{path.name}: {split} split, {checkpoint} checkpoint")
+    return result

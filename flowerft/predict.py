@@ -1,0 +1,86 @@
+"""Predict the class of image files with a trained run's model.
+
+Each file is decoded and resized by the same functions as the training pipeline; the model
+holds its own pixel scaling, so nothing else is done to the pixels here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowerft import data, rundir
+from flowerft.errors import DataError, FlowerftError
+from flowerft.evaluate import checkpoint_path, load_model, load_run_config
+
+
+@dataclass
+class Prediction:
+    path: str
+    top_k: list[dict[str, Any]]  # [{"label": ..., "probability": ...}], most likely first
+
+
+@dataclass
+class Failure:
+    path: str
+    message: str
+
+
+def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[Failure]]:
+    """Files stay as given; a folder becomes the images in it (and its subfolders), sorted."""
+    files, failures = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if data.is_image_file(p))
+            if images:
+                files += images
+            else:
+                failures.append(Failure(str(item), f"{item}: folder has no images ({', '.join(data.IMAGE_EXTENSIONS)})"))
+        elif item.exists():
+            files.append(item)
+        else:
+            failures.append(Failure(str(item), f"{item}: no such file or folder"))
+    return files, failures
+
+
+def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"label": class_names[i], "probability": float(probabilities[i])} for i in order]
+
+
+def run(
+    inputs: list[str | Path],
+    run_dir: str | Path | None = None,
+    checkpoint: str = "best",
+    k: int = 3,
+) -> tuple[list[Prediction], list[Failure]]:
+    """Predictions for every readable image, and a Failure for each input that is not one."""
+    if k < 1:
+        raise FlowerftError(f"top-k must be 1 or more, got {k}")
+    path = rundir.find_run(run_dir)
+    config = load_run_config(path)
+    class_names = rundir.read_json(path / "class_names.json")
+    model = load_model(checkpoint_path(path, checkpoint))
+    files, failures = expand_inputs(inputs)
+
+    predictions: list[Prediction] = []
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        if batch:
+            probabilities = model.predict_on_batch(np.stack([image for _, image in batch]).astype("float32"))
+            predictions.extend(Prediction(str(p), top_k(row, class_names, k)) for (p, _), row in zip(batch, probabilities))
+            batch.clear()
+
+    for file in files:
+        try:
+            batch.append((file, data.read_image(file, config.image_size).numpy()))
+        except DataError as e:
+            failures.append(Failure(str(file), str(e)))
+        if len(batch) == config.batch_size:
+            flush()
+    flush()
+    return predictions, failures

@@ -89,6 +89,8 @@ def train(
     clipnorm: Annotated[Optional[float], typer.Option(help="Clip each gradient to this norm; 1 stabilises fine-tuning" + default("clipnorm"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the split, shuffling and initialisation" + default("seed"))] = None,
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
+    mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32.")] = False,
+    jit_compile: Annotated[bool, typer.Option(help="XLA-compile the training step (GPUs).")] = False,
 ) -> None:
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
     try:
@@ -96,6 +98,8 @@ def train(
             config_file, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
             image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
             lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, seed=seed, run_dir=run_dir,
+            # A switch left off keeps whatever the YAML file says.
+            mixed_precision=mixed_precision or None, jit_compile=jit_compile or None,
         )
         import_tensorflow_quietly()
         from flowerft import train as training

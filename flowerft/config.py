@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from flowerft.backbones import get_backbone
 from flowerft.errors import ConfigError
+
+
+CACHE_MODES = ("auto", "memory", "file", "none")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Config:
     shuffle_buffer: int = 1000
     # Seeds the folder split, the shuffle and the weight initialisation.
     seed: int = 42
+    # Decoded, resized uint8 images are kept so that only the first epoch decodes JPEGs:
+    # "auto" keeps them in memory when they take under a quarter of RAM, else in a file cache
+    # in the run dir; "memory", "file" or "none" force a choice.
+    cache: str = "auto"
+    # Random flips, rotations and zooms of training images. Off like the book; turning it on
+    # also turns off the head phase's cached features (augmented images change every epoch).
+    augment: bool = False
 
     # --- model ---
     backbone: str = "xception"
@@ -59,6 +67,12 @@ class Config:
     # A phase stops (and goes back to its best weights) when its loss is NaN/inf or this many
     # times its first batch's loss: a diverging run only destroys what it had learned.
     divergence_factor: float = 100.0
+
+    # --- speed switches for GPUs (both off like the book) ---
+    # mixed_float16 on a GPU, mixed_bfloat16 elsewhere; the softmax output stays float32.
+    mixed_precision: bool = False
+    # XLA-compile the training step.
+    jit_compile: bool = False
 
     # --- output ---
     # None means <runs_root>/<timestamp>; `evaluate` and `predict` find it via <runs_root>/latest.
@@ -125,10 +139,13 @@ def _check_values(c: Config) -> None:
     need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
     need(c.clipnorm is None or c.clipnorm > 0, "clipnorm", "must be greater than 0 (or null for none)")
     need(c.weights != "", "weights", "must be imagenet, none or a weights file")
+    need(c.cache in CACHE_MODES, "cache", f"must be one of {', '.join(CACHE_MODES)}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file; plain data only (yaml.safe_load runs no code)."""
+    import yaml  # not at the top: `flowerft --help` must stay instant
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 from sklearn.metrics import classification_report, confusion_matrix
 
-from flowerft import data, rundir
+from flowerft import data, rundir, sources
 from flowerft.config import Config, make_config
 from flowerft.errors import FlowerftError
 
@@ -53,14 +53,14 @@ def load_model(path: Path) -> keras.Model:
         raise FlowerftError(f"{path} is not a loadable Keras model ({reason}); train again or pick another checkpoint") from None
 
 
-def run_splits(run_dir: Path, config: Config) -> data.Splits:
+def run_splits(run_dir: Path, config: Config) -> sources.Splits:
     """The run's splits: the recorded file lists of a folder source, else the TFDS slices."""
     class_names = rundir.read_json(run_dir / "class_names.json")
     files_path = run_dir / "splits.json"
     if files_path.is_file():
         files = {k: [(p, int(y)) for p, y in v] for k, v in rundir.read_json(files_path).items()}
-        return data.splits_from_files(class_names, files)
-    return data.load_tfds(config)
+        return sources.splits_from_files(class_names, files)
+    return sources.load_tfds(config)
 
 
 def predict_dataset(model: keras.Model, ds) -> tuple[np.ndarray, np.ndarray]:

@@ -128,7 +128,9 @@ def unfreeze_base(base: keras.Model) -> None:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def compile_for_phase(model: keras.Model, *, lr: float, decay: float, momentum: float, clipnorm: float | None) -> None:
+def compile_for_phase(
+    model: keras.Model, *, lr: float, decay: float, momentum: float, clipnorm: float | None, jit_compile: bool = False
+) -> None:
     """A fresh SGD for this phase: after `trainable` changes, Keras needs a recompile.
 
     The book's `SGD(lr=..., decay=...)` decayed the rate per step as lr / (1 + decay * step);
@@ -140,4 +142,5 @@ def compile_for_phase(model: keras.Model, *, lr: float, decay: float, momentum: 
         optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile,  # Keras's "auto" would turn XLA on for GPUs; we keep it a choice
     )

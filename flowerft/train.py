@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import data, rundir
+from flowerft import data, rundir, sources
 from flowerft.callbacks import DivergenceGuard
 from flowerft.config import Config, to_dict
 from flowerft.errors import ConfigError
@@ -48,13 +49,51 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-def train_head(model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory) -> PhaseResult:
-    """Phase 1: only the new head learns; the base is frozen (its BatchNorm in inference mode)."""
+def train_head(
+    model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory,
+    *, unshuffled_train_ds=None,
+) -> PhaseResult:
+    """Phase 1: only the new head learns; the base is frozen (its BatchNorm in inference mode).
+
+    Given `unshuffled_train_ds` (the training images in source order, not augmented), the
+    head trains on features computed once (see fit_head_on_features); otherwise on images.
+    """
     freeze_base(base)
-    return _fit_phase(
-        HEAD, model, train_ds, valid_ds, config, run_dir, extra,
-        epochs=config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head,
+    options = dict(epochs=config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head)
+    if unshuffled_train_ds is None or config.epochs_head == 0:
+        return _fit_phase(HEAD, model, train_ds, valid_ds, config, run_dir, extra, **options)
+    return fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, extra, **options)
+
+
+def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, extra, **options) -> PhaseResult:
+    """The head phase without running the frozen base every epoch.
+
+    A frozen base (BatchNorm in inference mode, no augmentation) maps each image to the same
+    pooled features every epoch, so compute them once and fit the Dense head on them with the
+    same optimizer, schedule, batches and per-epoch shuffle as the plain loop: the indices are
+    shuffled exactly as the image pipeline shuffles its items, so each step sees the same images.
+    """
+    start = time.perf_counter()
+    extractor = keras.Model(model.input, model.get_layer("avg_pool").output)
+    train_features, train_labels = _features(extractor, unshuffled_train_ds)
+    valid_features, valid_labels = _features(extractor, valid_ds)
+    features = keras.Input(shape=(int(train_features.shape[1]),), name="features")
+    head = keras.Model(features, model.get_layer("predictions")(features), name="head")  # shares its weights
+    train_ds = data.indexed_pipeline(
+        train_features, train_labels, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed
     )
+    valid_ds = data.indexed_pipeline(valid_features, valid_labels, batch_size=config.batch_size)
+    result = _fit_phase(HEAD, head, train_ds, valid_ds, config, run_dir, extra, save_best_of=model, **options)
+    result.wall_time_s = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _features(extractor: keras.Model, ds) -> tuple[tf.Tensor, tf.Tensor]:
+    features, labels = [], []
+    for images, y in ds:
+        features.append(tf.cast(extractor.predict_on_batch(images), tf.float32))
+        labels.append(y)
+    return tf.concat(features, 0), tf.concat(labels, 0)
 
 
 def fine_tune(model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory) -> PhaseResult:
@@ -70,20 +109,30 @@ def fine_tune(model, base, train_ds, valid_ds, config: Config, run_dir: Path, ex
     )
 
 
-def _fit_phase(phase, model, train_ds, valid_ds, config, run_dir, extra, *, epochs, initial_epoch, lr, decay) -> PhaseResult:
+def _fit_phase(
+    phase, model, train_ds, valid_ds, config, run_dir, extra, *, epochs, initial_epoch, lr, decay, save_best_of=None
+) -> PhaseResult:
+    """Fit `model` for one phase and save the best epoch's classifier.
+
+    Normally a checkpoint is written whenever validation accuracy improves. With
+    `save_best_of` (the full classifier, when `model` is a head trained on cached features)
+    the best head weights are kept in memory and the classifier is saved once at the end:
+    its frozen base never changes, and an 80 MB save per epoch would cost more than the epoch.
+    """
     result = PhaseResult(phase=phase, epochs_planned=epochs)
     if epochs == 0:
         return result
     # Recompile after changing `trainable`, with a new optimizer: the old one's momentum
     # belongs to other variables and another learning rate.
     with tf.distribute.get_strategy().scope():
-        compile_for_phase(model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm)
+        compile_for_phase(
+            model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm, jit_compile=config.jit_compile
+        )
     checkpoint = Path(rundir.CHECKPOINTS) / f"{phase}_best.keras"
     guard = DivergenceGuard(config.divergence_factor)
     callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            run_dir / checkpoint, monitor="val_accuracy", mode="max", save_best_only=True
-        ),
+        *([] if save_best_of else [keras.callbacks.ModelCheckpoint(
+            run_dir / checkpoint, monitor="val_accuracy", mode="max", save_best_only=True)]),
         keras.callbacks.CSVLogger(run_dir / f"history_{phase}.csv"),
         guard,
         *extra(phase),
@@ -102,6 +151,11 @@ def _fit_phase(phase, model, train_ds, valid_ds, config, run_dir, extra, *, epoc
     )
     result.wall_time_s = round(time.perf_counter() - start, 3)
     result.stopped_because = guard.reason
+    if save_best_of is not None and guard.best_epoch_weights is not None:
+        last = model.get_weights()
+        model.set_weights(guard.best_epoch_weights)
+        save_best_of.save(run_dir / checkpoint)
+        model.set_weights(last)
     rows = _history_rows(phase, history)
     result.history = rows
     result.epochs_run = len(rows)
@@ -156,6 +210,13 @@ def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str) -
     }
 
 
+def precision_policy(config: Config) -> str:
+    """float32, or mixed precision: float16 where a GPU has it fast, bfloat16 on CPUs and TPUs."""
+    if not config.mixed_precision:
+        return "float32"
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
 def check_inputs(config: Config, run_dir: Path) -> None:
     """What can be checked before any data is read or model built."""
     rundir.check_writable(run_dir)
@@ -171,17 +232,19 @@ def run(
     """Load the data, build the model, train both phases and write the run directory."""
     run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
     check_inputs(config, run_dir)
-    splits = data.load(config)
+    splits = sources.load(config)
     notify(
         f"{len(splits.class_names)} classes ({', '.join(splits.class_names)}); "
-        + ", ".join(f"{splits.sizes[s]} {s}" for s in data.SPLIT_NAMES) + " images"
+        + ", ".join(f"{splits.sizes[s]} {s}" for s in sources.SPLIT_NAMES) + " images"
     )
     # Build the model before creating the run dir: a weights problem leaves nothing behind.
     keras.utils.set_random_seed(config.seed)
-    with tf.distribute.get_strategy().scope():
-        model, base = build_model(config, len(splits.class_names))
-    train_ds = data.pipeline(splits, "train", config, training=True)
-    valid_ds = data.pipeline(splits, "valid", config)
+    keras.mixed_precision.set_global_policy(precision_policy(config))
+    try:
+        with tf.distribute.get_strategy().scope():
+            model, base = build_model(config, len(splits.class_names))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # global state: leave it as found
 
     rundir.make_run_dir(run_dir)
     rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})
@@ -190,13 +253,26 @@ def run(
         rundir.write_json(run_dir / "splits.json", splits.files)
     notify(f"run dir: {run_dir}")
 
-    head = train_head(model, base, train_ds, valid_ds, config, run_dir, callbacks)
+    cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
+    cache_dir = run_dir / "cache"
+    pipe = dict(config=config, cache=cache, cache_dir=cache_dir)
+    if cache == "memory":
+        notify("decoding and resizing every image once (kept in memory)")
+    train_ds = data.pipeline(splits, "train", training=True, **pipe)
+    valid_ds = data.pipeline(splits, "valid", **pipe)
+    # Cached head features need the unaugmented images in source order.
+    unshuffled = None if config.augment else data.pipeline(splits, "train", **pipe)
+
+    head = train_head(model, base, train_ds, valid_ds, config, run_dir, callbacks, unshuffled_train_ds=unshuffled)
     finetune = fine_tune(model, base, train_ds, valid_ds, config, run_dir, callbacks)
+    shutil.rmtree(cache_dir, ignore_errors=True)  # a file cache is as large as the data set
 
     final = (Path(rundir.CHECKPOINTS) / "final.keras").as_posix()
     model.save(run_dir / final)
     metrics = summarize(head, finetune, final)
     metrics["class_names"] = splits.class_names
+    metrics["precision_policy"] = precision_policy(config)
+    metrics["cache"] = cache
     rundir.write_json(run_dir / "history.json", head.history + finetune.history)
     rundir.write_json(run_dir / "metrics.json", metrics)
     rundir.set_latest(run_dir)

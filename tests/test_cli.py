@@ -1,6 +1,5 @@
 """The CLI: options reach the Config, errors are one line with a non-zero exit code."""
 
-import os
 import subprocess
 import sys
 import time
@@ -47,12 +46,22 @@ def test_flags_override_the_yaml_file(captured, tmp_path):
         "train", "--config", str(path), "--epochs-head", "3", "--epochs-finetune", "0", "--data-dir", "d",
         "--weights", "none", "--backbone", "mobilenet", "--image-size", "96", "--batch-size", "16",
         "--lr-finetune", "0.001", "--seed", "7", "--run-dir", "r", "--tfds-data-dir", "t",
+        "--mixed-precision", "--jit-compile",
     ])
     assert result.exit_code == 0, result.output
     c = captured["config"]
     assert (c.epochs_head, c.lr_head, c.clipnorm, c.epochs_finetune) == (3, 0.05, 0.5, 0)
     assert (c.data_dir, c.weights, c.backbone, c.image_size, c.batch_size) == ("d", "none", "mobilenet", 96, 16)
     assert (c.lr_finetune, c.seed, c.run_dir, c.tfds_data_dir) == (0.001, 7, "r", "t")
+    assert c.mixed_precision and c.jit_compile
+
+
+def test_switches_left_off_keep_the_yaml_value(captured, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: true\naugment: true\ncache: file\n")
+    assert runner.invoke(app, ["train", "--config", str(path)]).exit_code == 0
+    c = captured["config"]
+    assert c.mixed_precision and c.augment and c.cache == "file" and not c.jit_compile
 
 
 def test_help_lists_every_option_with_its_default():
@@ -112,10 +121,10 @@ def test_unwritable_run_dir(tmp_path, image_folder):
 
 
 def test_offline_tfds_fails_fast_with_the_remedy(tmp_path, monkeypatch):
-    from flowerft import data
+    from flowerft import sources
 
     with socket_closed_port() as port:
-        monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
+        monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
         start = time.monotonic()
         message = error_of(["train", "--tfds-data-dir", str(tmp_path)])
     assert time.monotonic() - start < 15

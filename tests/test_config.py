@@ -66,6 +66,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         ({"tensorboard": 1}, "tensorboard"),
         ({"image_size": True}, "image_size"),
         ({"test_percent": 50, "valid_percent": 50}, "valid_percent"),
+        ({"cache": "disk"}, "cache"),
+        ({"augment": "yes"}, "augment"),
     ],
 )
 def test_bad_values_name_the_key(values, key):

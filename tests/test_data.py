@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from flowerft import data
+from flowerft import data, sources
 from flowerft.config import make_config
 from flowerft.errors import DataError, OfflineError
 
@@ -91,9 +91,9 @@ def test_training_pipeline_shuffles_deterministically_per_seed():
 
 def test_split_files_is_stratified_deterministic_and_disjoint():
     files = [[f"c{c}/{i}.jpg" for i in range(40)] for c in range(3)]
-    a = data.split_files(files, 10, 15, seed=7)
-    assert a == data.split_files(files, 10, 15, seed=7)
-    assert a != data.split_files(files, 10, 15, seed=8)
+    a = sources.split_files(files, 10, 15, seed=7)
+    assert a == sources.split_files(files, 10, 15, seed=7)
+    assert a != sources.split_files(files, 10, 15, seed=8)
     assert {k: len(v) for k, v in a.items()} == {"test": 12, "valid": 18, "train": 90}
     for label in range(3):
         assert sum(1 for _, y in a["test"] if y == label) == 4
@@ -108,7 +108,7 @@ def test_list_image_folder_ignores_hidden_and_non_image_files(tmp_path):
     (root / ".cache").mkdir()
     (root / "roses" / "more").mkdir()
     make_image_folder(root / "roses" / "more", classes=("x",), per_class=1, ext=".png")
-    names, files = data.list_image_folder(root)
+    names, files = sources.list_image_folder(root)
     assert names == ["daisy", "dandelion", "roses"]
     assert [len(f) for f in files] == [3, 3, 4]
 
@@ -136,19 +136,19 @@ def test_bad_folders(tmp_path, layout, message):
     elif layout == "one class":
         make_image_folder(root, classes=("daisy",), per_class=2)
     with pytest.raises(DataError, match=message):
-        data.list_image_folder(root)
+        sources.list_image_folder(root)
 
 
 def test_too_few_images_for_a_split(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=2)
     with pytest.raises(DataError, match="split is empty"):
-        data.load_folder(make_config(data_dir=str(root)))
+        sources.load_folder(make_config(data_dir=str(root)))
 
 
 def test_folder_pipeline_reads_the_files(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=10, ext=".png")
     config = make_config(data_dir=str(root), image_size=71, batch_size=4)
-    splits = data.load(config)
+    splits = sources.load(config)
     assert splits.sizes == {"train": 21, "valid": 6, "test": 3}
     images, labels = next(iter(data.pipeline(splits, "valid", config)))
     assert images.shape == (4, 71, 71, 3)
@@ -159,16 +159,16 @@ def test_folder_pipeline_reads_the_files(tmp_path):
 
 
 def test_tfds_slices_are_the_books():
-    assert data.tfds_split_names(10, 15) == {"test": "train[:10%]", "valid": "train[10%:25%]", "train": "train[25%:]"}
+    assert sources.tfds_split_names(10, 15) == {"test": "train[:10%]", "valid": "train[10%:25%]", "train": "train[25%:]"}
 
 
 def test_tfds_source_keeps_tfds_class_order(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    monkeypatch.setattr(sources, "check_online", lambda *a: None)  # mock_data makes the download a no-op
     config = make_config(tfds_data_dir=str(tmp_path), image_size=71, batch_size=3)
     with tfds.testing.mock_data(num_examples=6):
-        splits = data.load(config)
+        splits = sources.load(config)
         images, labels = next(iter(data.pipeline(splits, "train", config, training=True)))
     assert splits.class_names == ["dandelion", "daisy", "tulips", "sunflowers", "roses"]
     assert splits.element == "image" and splits.files is None
@@ -182,9 +182,9 @@ def closed_port() -> int:
 
 
 def test_tfds_download_fails_fast_and_names_the_offline_remedies(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
+    monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
     start = time.monotonic()
     with pytest.raises(OfflineError) as error:
-        data.load(make_config(tfds_data_dir=str(tmp_path)))
+        sources.load(make_config(tfds_data_dir=str(tmp_path)))
     assert time.monotonic() - start < 15
     assert "--data-dir" in str(error.value) and "--tfds-data-dir" in str(error.value)

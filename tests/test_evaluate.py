@@ -1,7 +1,6 @@
 """flowerft evaluate: the report's math, the files it writes, and its errors."""
 
 import json
-import math
 import shutil
 
 import numpy as np

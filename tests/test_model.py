@@ -5,7 +5,6 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from flowerft.callbacks import DivergenceGuard
 from flowerft.config import make_config

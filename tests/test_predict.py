@@ -3,7 +3,6 @@
 import io
 import json
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from flowerft import data, train
+from flowerft import sources, train
 from flowerft.config import make_config
 from flowerft.train import PhaseResult, summarize
 
@@ -93,7 +93,7 @@ def test_zero_epochs_everywhere_falls_back_to_the_final_model():
 def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    monkeypatch.setattr(sources, "check_online", lambda *a: None)  # mock_data makes the download a no-op
     config = make_config(
         tfds_data_dir=str(tmp_path / "tfds"), backbone="mobilenet", weights="none", image_size=32,
         batch_size=4, epochs_head=1, epochs_finetune=1, run_dir=str(tmp_path / "run"), tensorboard=False,

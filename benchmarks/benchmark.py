@@ -1,0 +1,227 @@
+"""Speed and memory of flowerft's training against plain Keras, measured in one run.
+
+    python benchmarks/benchmark.py --image-size 128 --epochs 5
+
+Prints four figures as ratios (targets from the speed issue in brackets):
+  (a) head phase wall time, flowerft (cached features) / plain model.fit        [<= 0.25 at 5 epochs]
+  (b) fine-tune images/s, flowerft's fit / bare train_on_batch on in-memory data [>= 0.95]
+  (c) input pipeline images/s / the model's fine-tune consumption               [>= 10]
+  (d) peak RSS of a `flowerft train` run, and of bare Keras training the same net [<= 3 GB at 224 px, batch 32]
+on a generated folder of flower-like JPEGs (240-500 px). Weights are random (`none`): speed
+does not depend on them, and this machine has no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ("dandelion", "daisy", "tulips", "sunflowers", "roses")
+PETAL_COLOURS = ((250, 220, 40), (245, 245, 245), (220, 40, 90), (255, 190, 0), (200, 20, 40))
+
+
+def make_flowers(root: Path, n_images: int, seed: int = 0) -> Path:
+    """Green backgrounds with a ring of coloured petals: JPEGs of 240-500 px, like tf_flowers."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_images):
+        label = i % len(CLASSES)
+        w, h = (int(v) for v in rng.integers(240, 501, 2))
+        image = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(20, 120, 3)))
+        draw = ImageDraw.Draw(image)
+        cx, cy, r = w / 2 + rng.normal(0, w / 10), h / 2 + rng.normal(0, h / 10), min(w, h) / 4
+        for angle in np.linspace(0, 2 * np.pi, int(rng.integers(5, 12)), endpoint=False):
+            px, py = cx + r * np.cos(angle), cy + r * np.sin(angle)
+            draw.ellipse((px - r / 2, py - r / 2, px + r / 2, py + r / 2), fill=PETAL_COLOURS[label])
+        noise = rng.normal(0, 12, (h, w, 3))
+        pixels = np.clip(np.asarray(image, dtype="float32") + noise, 0, 255).astype("uint8")
+        folder = root / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def head_phase(config, run_dir):
+    """(a): flowerft's head phase vs model.fit of the same frozen model on a plain pipeline."""
+    import keras
+
+    from flowerft import data, rundir, sources, train
+    from flowerft.model import build_model, compile_for_phase, freeze_base
+
+    splits = sources.load(config)
+    rundir.make_run_dir(run_dir)
+
+    # Both timings start after the model is built and end when the phase's fit returns; ours
+    # includes decoding the images once, computing the features and saving the checkpoint.
+    def flowerft_head():
+        keras.utils.set_random_seed(config.seed)
+        model, base = build_model(config, len(splits.class_names))
+        start = time.perf_counter()
+        pipe = dict(config=config, cache="memory")
+        train_ds = data.pipeline(splits, "train", training=True, **pipe)
+        valid_ds = data.pipeline(splits, "valid", **pipe)
+        unshuffled = data.pipeline(splits, "train", **pipe)
+        train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda p: [], unshuffled_train_ds=unshuffled)
+        return time.perf_counter() - start
+
+    def plain_fit():
+        keras.utils.set_random_seed(config.seed)
+        model, base = build_model(config, len(splits.class_names))
+        freeze_base(base)
+        compile_for_phase(model, lr=config.lr_head, decay=config.decay_head, momentum=config.momentum, clipnorm=None)
+        start = time.perf_counter()
+        model.fit(data.pipeline(splits, "train", config, training=True), epochs=config.epochs_head,
+                  validation_data=data.pipeline(splits, "valid", config), shuffle=False, verbose=0)
+        return time.perf_counter() - start
+
+    splits.decoded.clear()
+    ours, plain = flowerft_head(), plain_fit()
+    return ours, plain
+
+
+def fine_tune_speed(config, steps: int):
+    """(b) and (c): images/s of flowerft's fine-tune fit, bare train_on_batch, and the pipeline."""
+    import keras
+    import tensorflow as tf
+
+    from flowerft import data, sources
+    from flowerft.model import build_model, compile_for_phase, unfreeze_base
+
+    splits = sources.load(config)
+    keras.utils.set_random_seed(config.seed)
+    model, base = build_model(config, len(splits.class_names))
+    unfreeze_base(base)
+    compile_for_phase(model, lr=config.lr_finetune, decay=config.decay_finetune, momentum=config.momentum, clipnorm=None)
+    train_ds = data.pipeline(splits, "train", config, training=True, cache="memory").repeat()
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.start
+
+    timer = EpochTimer()
+    # Epoch 1 traces the step function; epoch 2 is timed.
+    model.fit(train_ds, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+    fit_rate = steps * config.batch_size / timer.seconds
+
+    images, labels = next(iter(train_ds))
+    images, labels = tf.identity(images), tf.identity(labels)
+    model.train_on_batch(images, labels)  # trace
+    seconds, _ = timed(lambda: [model.train_on_batch(images, labels) for _ in range(steps)])
+    bare_rate = steps * config.batch_size / seconds
+
+    def drain(ds):
+        count = 0
+        for x, _ in ds:
+            count += int(x.shape[0])
+        return count
+
+    cold = data.pipeline(splits, "train", config, training=True, cache="none")
+    cold_seconds, cold_count = timed(lambda: drain(cold))
+    warm = data.pipeline(splits, "train", config, training=True, cache="memory")
+    warm_seconds, warm_count = timed(lambda: drain(warm))
+    return fit_rate, bare_rate, cold_count / cold_seconds, warm_count / warm_seconds
+
+
+def peak_rss(folder: Path, image_size: int, batch_size: int, backbone: str, run_dir: Path) -> float:
+    """(d): peak resident memory (GB) of a whole `flowerft train` run, 1 + 1 epochs."""
+    command = [
+        sys.executable, "-m", "flowerft", "train", "--data-dir", str(folder), "--weights", "none",
+        "--backbone", backbone, "--image-size", str(image_size), "--batch-size", str(batch_size),
+        "--epochs-head", "1", "--epochs-finetune", "1", "--run-dir", str(run_dir),
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # Linux: KiB
+
+
+BARE_TRAINING = """
+import os, resource, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, keras
+size, batch, constructor = int(sys.argv[1]), int(sys.argv[2]), getattr(keras.applications, sys.argv[3])
+base = constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+x = keras.Input((size, size, 3))
+y = keras.layers.Dense(5, activation="softmax")(keras.layers.GlobalAveragePooling2D()(base(x)))
+model = keras.Model(x, y)
+model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+images = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
+for _ in range(2):
+    model.train_on_batch(images, np.arange(batch) % 5)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+
+
+def bare_rss(image_size: int, batch_size: int, backbone: str) -> float:
+    """Peak RSS (GB) of bare Keras training the same network: what the model itself needs."""
+    from flowerft.backbones import get_backbone
+
+    constructor = get_backbone(backbone).constructor
+    out = subprocess.run([sys.executable, "-c", BARE_TRAINING, str(image_size), str(batch_size), constructor],
+                         check=True, capture_output=True, text=True)
+    return float(out.stdout.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="xception")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=5, help="head-phase epochs for (a)")
+    parser.add_argument("--images", type=int, default=500, help="generated JPEGs (at least 500)")
+    parser.add_argument("--steps", type=int, default=6, help="timed fine-tune steps for (b)")
+    parser.add_argument("--rss-image-size", type=int, default=224, help="image size of the (d) run")
+    parser.add_argument("--rss-images", type=int, default=100, help="images for the (d) run")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from flowerft.config import make_config
+
+    work = Path(tempfile.mkdtemp(prefix="flowerft-bench-"))
+    folder = make_flowers(work / "flowers", max(args.images, 500))
+    config = make_config(
+        data_dir=str(folder), backbone=args.backbone, weights="none", image_size=args.image_size,
+        batch_size=args.batch_size, epochs_head=args.epochs, tensorboard=False,
+    )
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{args.backbone} at {args.image_size} px, batch {args.batch_size}, {max(args.images, 500)} images", flush=True)
+
+    ours, plain = head_phase(config, work / "head")
+    print(f"(a) head phase, {args.epochs} epochs: flowerft {ours:.1f} s, plain model.fit {plain:.1f} s "
+          f"-> ratio {ours / plain:.3f} (target <= 0.25)", flush=True)
+
+    fit_rate, bare_rate, cold_rate, warm_rate = fine_tune_speed(config, args.steps)
+    print(f"(b) fine-tune: flowerft fit {fit_rate:.2f} img/s, bare train_on_batch {bare_rate:.2f} img/s "
+          f"-> ratio {fit_rate / bare_rate:.3f} (target >= 0.95)", flush=True)
+    print(f"(c) input pipeline: {cold_rate:.0f} img/s decoding JPEGs, {warm_rate:.0f} img/s from the memory cache "
+          f"-> {cold_rate / fit_rate:.0f}x and {warm_rate / fit_rate:.0f}x the fine-tune consumption (target >= 10)",
+          flush=True)
+
+    rss_folder = make_flowers(work / "rss", args.rss_images, seed=1)
+    rss = peak_rss(rss_folder, args.rss_image_size, args.batch_size, args.backbone, work / "rss-run")
+    bare = bare_rss(args.rss_image_size, args.batch_size, args.backbone)
+    print(f"(d) peak RSS at {args.rss_image_size} px, batch {args.batch_size}: `flowerft train` {rss:.2f} GB, "
+          f"bare Keras train_on_batch of the same network {bare:.2f} GB -> ratio {rss / bare:.2f} "
+          f"(target <= 3 GB)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Where the images come from: TFDS `tf_flowers` (the book's source) or an image folder.
+
+Both give the same thing, a `Splits` of unbatched (item, label) datasets, which
+flowerft/data.py turns into batches.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tensorflow as tf
+
+from flowerft.config import Config
+from flowerft.data import IMAGE_EXTENSIONS, is_image_file
+from flowerft.errors import DataError, OfflineError
+
+SPLIT_NAMES = ("train", "valid", "test")
+# tf_flowers' archive lives here; a quick connect tells us whether TFDS can download it.
+TFDS_DOWNLOAD_HOST = ("download.tensorflow.org", 443)
+NETWORK_PROBE_SECONDS = 10.0
+
+
+@dataclass
+class Splits:
+    """The three splits of one data source, unbatched, with their class names."""
+
+    class_names: list[str]
+    train: tf.data.Dataset
+    valid: tf.data.Dataset
+    test: tf.data.Dataset
+    # What each element's first item is: "path" (a file to read) or "image" (decoded uint8).
+    element: str
+    sizes: dict[str, int] = field(default_factory=dict)
+    # For a folder source: the files of each split, saved with the run so that `evaluate`
+    # sees exactly this test set even if the folder changes later.
+    files: dict[str, list[tuple[str, int]]] | None = None
+    # Splits decoded into memory by `pipeline(cache="memory")`, kept for the next phase.
+    decoded: dict[str, tuple[tf.Tensor, tf.Tensor]] = field(default_factory=dict, repr=False)
+
+    def get(self, name: str) -> tf.data.Dataset:
+        return getattr(self, name)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def list_image_folder(data_dir: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Class names (sorted subfolder names) and each class's image files (sorted)."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise DataError(f"data dir {root} does not exist; give a folder with one subfolder of images per class")
+    if not root.is_dir():
+        raise DataError(f"data dir {root} is not a folder; give a folder with one subfolder of images per class")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"data dir {root} has no class subfolders; put each class's images in a subfolder named after it")
+    files = []
+    for class_dir in class_dirs:
+        images = sorted(str(p) for p in class_dir.rglob("*") if is_image_file(p))
+        if not images:
+            raise DataError(
+                f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"
+            )
+        files.append(images)
+    if len(class_dirs) < 2:
+        raise DataError(f"data dir {root} has only one class ({class_dirs[0].name}); a classifier needs at least two")
+    return [p.name for p in class_dirs], files
+
+
+def split_files(
+    files_per_class: list[list[str]], test_percent: int, valid_percent: int, seed: int
+) -> dict[str, list[tuple[str, int]]]:
+    """Split each class the way the TFDS slices split tf_flowers: test, valid, then train.
+
+    Per class (stratified), after a shuffle fixed by `seed`, so every split sees every class
+    and the same folder and seed always give the same split.
+    """
+    rng = random.Random(seed)
+    splits: dict[str, list[tuple[str, int]]] = {name: [] for name in SPLIT_NAMES}
+    for label, files in enumerate(files_per_class):
+        files = list(files)
+        rng.shuffle(files)
+        # Boundaries at the nearest image, halves rounding up (Python's round() would go to even).
+        n_test = int(len(files) * test_percent / 100 + 0.5)
+        n_valid = int(len(files) * (test_percent + valid_percent) / 100 + 0.5) - n_test
+        splits["test"] += [(f, label) for f in files[:n_test]]
+        splits["valid"] += [(f, label) for f in files[n_test : n_test + n_valid]]
+        splits["train"] += [(f, label) for f in files[n_test + n_valid :]]
+    # Interleave classes so that an unshuffled split (valid, test) is not sorted by class.
+    for name in SPLIT_NAMES:
+        rng.shuffle(splits[name])
+    return splits
+
+
+def file_dataset(items: list[tuple[str, int]]) -> tf.data.Dataset:
+    paths = [p for p, _ in items]
+    labels = [label for _, label in items]
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int64))
+    )
+
+
+def splits_from_files(class_names: list[str], files: dict[str, list[tuple[str, int]]]) -> Splits:
+    for name in SPLIT_NAMES:
+        if not files[name]:
+            raise DataError(
+                f"the {name} split is empty; add images (at least 10 per class) or change test_percent/valid_percent"
+            )
+    return Splits(
+        class_names=class_names,
+        element="path",
+        files=files,
+        sizes={name: len(files[name]) for name in SPLIT_NAMES},
+        **{name: file_dataset(files[name]) for name in SPLIT_NAMES},
+    )
+
+
+def load_folder(config: Config) -> Splits:
+    class_names, files_per_class = list_image_folder(config.data_dir)
+    files = split_files(files_per_class, config.test_percent, config.valid_percent, config.seed)
+    return splits_from_files(class_names, files)
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def tfds_split_names(test_percent: int, valid_percent: int) -> dict[str, str]:
+    """The book's slices of tf_flowers' single split: test [:10%], valid [10%:25%], train [25%:]."""
+    end = test_percent + valid_percent
+    return {
+        "test": f"train[:{test_percent}%]",
+        "valid": f"train[{test_percent}%:{end}%]",
+        "train": f"train[{end}%:]",
+    }
+
+
+def check_online(host: tuple[str, int], what: str, remedy: str) -> None:
+    """Fail in seconds, not after minutes of retries, when `host` cannot be reached."""
+    try:
+        socket.create_connection(host, timeout=NETWORK_PROBE_SECONDS).close()
+    except OSError as e:
+        raise OfflineError(f"cannot download {what}: {host[0]} is unreachable ({e.strerror or e}); {remedy}") from None
+
+
+def load_tfds(config: Config) -> Splits:
+    import tensorflow_datasets as tfds  # slow to import; only this source needs it
+
+    builder = tfds.builder(config.tfds_name, data_dir=config.tfds_data_dir)
+    if not builder.is_prepared():
+        check_online(
+            TFDS_DOWNLOAD_HOST,
+            config.tfds_name,
+            "work offline with --data-dir FOLDER (one subfolder of images per class), "
+            "or --tfds-data-dir pointing at a TFDS folder that already holds it",
+        )
+        builder.download_and_prepare()
+    names = tfds_split_names(config.test_percent, config.valid_percent)
+    datasets = {
+        split: builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
+        for split, tfds_split in names.items()
+    }
+    sizes = {split: int(ds.cardinality()) for split, ds in datasets.items()}
+    return Splits(
+        class_names=list(builder.info.features["label"].names),
+        element="image",
+        sizes=sizes,
+        **datasets,
+    )
+
+
+def load(config: Config) -> Splits:
+    return load_folder(config) if config.data_dir else load_tfds(config)

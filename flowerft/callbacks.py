@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
+
+from flowerft.state import save_model_atomic
 
 
 class DivergenceGuard(keras.callbacks.Callback):
     """Stop a phase whose loss turns NaN/inf or explodes, and go back to its best weights.
-
-    It keeps the best epoch's weights (by validation accuracy) in memory for that, and
-    offers them as `best_epoch_weights`.
 
     We measured fine-tuning after an lr-0.2 head fall from ~75% to chance: once the loss
     blows up, every further step only destroys what the model knew. "Explodes" means the
@@ -30,7 +30,6 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.best = -math.inf
         # The phase's starting point is the fallback if no epoch ever finishes cleanly.
         self.best_weights = self.model.get_weights()
-        self.best_epoch_weights = None  # the best finished epoch's, if any
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", math.nan))
@@ -47,9 +46,31 @@ class DivergenceGuard(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if self.reason is None and value is not None and value > self.best:
             self.best = value
-            self.best_weights = self.best_epoch_weights = self.model.get_weights()
+            self.best_weights = self.model.get_weights()
 
     def on_train_end(self, logs=None):
         if self.reason:
             self.model.set_weights(self.best_weights)
 
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save a classifier whenever validation accuracy beats the best so far, atomically.
+
+    Unlike keras.callbacks.ModelCheckpoint it can save a model other than the one `fit`
+    trains (the full classifier while a head trains on cached features), it starts from a
+    known best when a run resumes (keras-team/keras #17012), and a crash mid-save never
+    leaves a truncated file.
+    """
+
+    def __init__(self, model_to_save: keras.Model, path: Path, best: float | None = None, monitor: str = "val_accuracy"):
+        super().__init__()
+        self.model_to_save = model_to_save
+        self.path = Path(path)
+        self.best = best
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and math.isfinite(value) and (self.best is None or value > self.best):
+            self.best = float(value)
+            save_model_atomic(self.model_to_save, self.path)

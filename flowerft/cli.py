@@ -17,7 +17,7 @@ from rich.table import Table
 
 from flowerft.backbones import BACKBONES
 from flowerft.config import DEFAULTS, make_config
-from flowerft.errors import FlowerftError
+from flowerft.errors import FlowerftError, Interrupted
 
 app = typer.Typer(
     help="Transfer learning for image classifiers: Géron's Xception-on-tf_flowers recipe, done right.",
@@ -41,9 +41,9 @@ def main_options() -> None:
     """Transfer learning for image classifiers: Géron's Xception-on-tf_flowers recipe, done right."""
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 1) -> None:
     err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def import_tensorflow_quietly() -> None:
@@ -91,6 +91,8 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
     mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32.")] = False,
     jit_compile: Annotated[bool, typer.Option(help="XLA-compile the training step (GPUs).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run already in --run-dir.")] = False,
 ) -> None:
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
     try:
@@ -109,16 +111,20 @@ def train(
             result = training.run(
                 config,
                 callbacks=lambda phase: [RichProgress(progress, phase)],
-                notify=lambda message: progress.console.print(message, highlight=False),
+                notify=lambda message: progress.console.print(message, highlight=False, soft_wrap=True),
+                resume=resume,
+                overwrite=overwrite,
             )
+    except Interrupted as e:
+        fail(str(e), code=130)
     except FlowerftError as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted")
+    except KeyboardInterrupt:  # before training started: nothing to save
+        fail("interrupted", code=130)
     console.print(phase_table(result.metrics))
     for warning in result.metrics["warnings"]:
         console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
-    console.print(f"Best model: {result.run_dir / result.metrics['best_checkpoint']}", highlight=False)
+    console.print(f"Best model: {result.run_dir / result.metrics['best_checkpoint']}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -19,3 +19,7 @@ class DataError(FlowerftError):
 
 class OfflineError(FlowerftError):
     """Something had to be downloaded and the network is not reachable."""
+
+
+class Interrupted(FlowerftError):
+    """Training was stopped with Ctrl-C; the message says how to resume."""

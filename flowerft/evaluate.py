@@ -11,7 +11,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import yaml
 from sklearn.metrics import classification_report, confusion_matrix
 
 from flowerft import data, rundir, sources
@@ -26,7 +25,9 @@ def load_run_config(run_dir: Path) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FlowerftError(f"{run_dir} holds no config.yaml; is it a folder written by `flowerft train`?")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = rundir.read_yaml(path) or {}
+    if not isinstance(values, dict):
+        raise FlowerftError(f"{path} does not hold a flowerft configuration; pick another --run-dir")
     return make_config(**values)
 
 
@@ -36,7 +37,10 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
         raise FlowerftError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
-        raise FlowerftError(f"{run_dir} has no metrics.json: its training did not finish; train again or pick another --run-dir")
+        raise FlowerftError(
+            f"{run_dir} has no metrics.json: its training did not finish; continue it with "
+            f"`flowerft train --resume --run-dir {run_dir}` or pick another --run-dir"
+        )
     metrics = rundir.read_json(metrics_path)
     path = run_dir / metrics[f"{which}_checkpoint"]
     if not path.is_file():
@@ -51,16 +55,6 @@ def load_model(path: Path) -> keras.Model:
     except Exception as e:
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise FlowerftError(f"{path} is not a loadable Keras model ({reason}); train again or pick another checkpoint") from None
-
-
-def run_splits(run_dir: Path, config: Config) -> sources.Splits:
-    """The run's splits: the recorded file lists of a folder source, else the TFDS slices."""
-    class_names = rundir.read_json(run_dir / "class_names.json")
-    files_path = run_dir / "splits.json"
-    if files_path.is_file():
-        files = {k: [(p, int(y)) for p, y in v] for k, v in rundir.read_json(files_path).items()}
-        return sources.splits_from_files(class_names, files)
-    return sources.load_tfds(config)
 
 
 def predict_dataset(model: keras.Model, ds) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +124,7 @@ def run(run_dir: str | Path | None = None, checkpoint: str = "best", split: str 
     config = load_run_config(path)
     model_path = checkpoint_path(path, checkpoint)
     model = load_model(model_path)
-    splits = run_splits(path, config)
+    splits = sources.load_recorded(path, config)
     probabilities, labels = predict_dataset(model, data.pipeline(splits, split, config))
     result = {
         "run_dir": str(path),

@@ -11,6 +11,7 @@ Keras's safe mode.
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 import keras
@@ -57,7 +58,15 @@ def make_base(backbone: Backbone, image_size: int, weights: str) -> keras.Model:
     if not path.is_file():
         raise ConfigError(f"weights: {weights} is neither imagenet, none nor an existing weights file")
     try:
-        return constructor(include_top=False, weights=str(path), input_shape=shape)
+        # Keras only warns when it skips parts of a file that does not fit ("Affected layers will
+        # retain their freshly-initialized weights"): a half-loaded base must be an error instead.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            base = constructor(include_top=False, weights=str(path), input_shape=shape)
+        skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
+        if skipped:
+            raise ValueError(str(skipped[0].message))
+        return base
     except Exception as e:  # h5py/keras raise many types for a file that is not these weights
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ConfigError(

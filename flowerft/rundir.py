@@ -5,10 +5,13 @@
     <run_dir>/splits.json          (image folders) the files of each split
     <run_dir>/checkpoints/         head_best.keras, finetune_best.keras, final.keras
     <run_dir>/history_<phase>.csv  per-epoch metrics of each phase (and history.json for both)
-    <run_dir>/metrics.json         per-phase summary and which checkpoint is best
+    <run_dir>/metrics.json         per-phase summary and which checkpoint is best (written last)
+    <run_dir>/skipped_files.json   (image folders) files that did not decode and were left out
+    <run_dir>/state/               while training: what `--resume` needs (see flowerft/state.py)
     <run_dir>/tensorboard/         event files
 
-By default runs go to runs/<timestamp>, and runs/latest names the newest finished one.
+By default runs go to runs/<timestamp>, and runs/latest names the newest one started.
+Every file is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ def write_yaml(path: Path, data: Any) -> None:
     write_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def read_yaml(path: Path) -> Any:
+    return yaml.safe_load(Path(path).read_text())  # plain data only: no code runs
+
+
 def new_run_dir(runs_root: str | Path) -> Path:
     """runs_root/<YYYYmmdd-HHMMSS>, with a suffix if two runs start in the same second."""
     root = Path(runs_root)
@@ -85,6 +92,29 @@ def make_run_dir(path: Path) -> Path:
     return path
 
 
+def check_new(path: Path, overwrite: bool) -> None:
+    """A fresh run never silently replaces an earlier one (nor a folder that is not a run)."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not (path / "config.yaml").is_file():
+        raise FlowerftError(f"run dir {path} is a non-empty folder that is not a flowerft run; choose another --run-dir")
+    if not overwrite:
+        raise FlowerftError(
+            f"run dir {path} already holds a run; add --resume to continue it, --overwrite to replace it, "
+            "or choose another --run-dir"
+        )
+
+
+def find_resumable(run_dir: str | Path | None, runs_root: str | Path) -> Path:
+    """The run that `--resume` continues: `run_dir`, else the one <runs_root>/latest names."""
+    path = find_run(run_dir, runs_root)
+    if (path / "metrics.json").is_file():
+        raise FlowerftError(f"{path} finished training already; nothing to resume (evaluate it, or train a new run)")
+    if not (path / "config.yaml").is_file() or not (path / "state").is_dir():
+        raise FlowerftError(f"{path} holds no saved training state to resume; start it again with --overwrite")
+    return path
+
+
 def set_latest(run_dir: Path) -> None:
     """Point <parent>/latest at `run_dir` (a one-line file: symlinks are not portable)."""
     write_atomic(run_dir.parent / LATEST, run_dir.name + "\n")
@@ -99,7 +129,7 @@ def find_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> Path
         return path
     pointer = Path(runs_root) / LATEST
     if not pointer.is_file():
-        raise FlowerftError(f"no finished run found ({pointer} is missing); run `flowerft train` first or give --run-dir")
+        raise FlowerftError(f"no run found ({pointer} is missing); run `flowerft train` first or give --run-dir")
     path = Path(runs_root) / pointer.read_text().strip()
     if not path.is_dir():
         raise FlowerftError(f"{pointer} names {path}, which does not exist; give --run-dir")

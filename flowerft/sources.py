@@ -14,7 +14,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from flowerft.config import Config
-from flowerft.data import IMAGE_EXTENSIONS, is_image_file
+from flowerft import rundir
+from flowerft.data import IMAGE_EXTENSIONS, decode_image, is_image_file
 from flowerft.errors import DataError, OfflineError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -37,6 +38,8 @@ class Splits:
     # For a folder source: the files of each split, saved with the run so that `evaluate`
     # sees exactly this test set even if the folder changes later.
     files: dict[str, list[tuple[str, int]]] | None = None
+    # Files of an image folder that did not decode and were left out.
+    skipped: list[str] = field(default_factory=list)
     # Splits decoded into memory by `pipeline(cache="memory")`, kept for the next phase.
     decoded: dict[str, tuple[tf.Tensor, tf.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -118,9 +121,40 @@ def splits_from_files(class_names: list[str], files: dict[str, list[tuple[str, i
     )
 
 
+def undecodable(paths: list[str]) -> list[str]:
+    """The files TensorFlow cannot decode (empty, truncated, text named .jpg, TIFF, ...).
+
+    One parallel pass with the decoder training uses, so no bad file can stop an epoch later.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).enumerate()
+    ds = ds.map(lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p)))), num_parallel_calls=tf.data.AUTOTUNE)
+    readable = {int(i) for i, _ in ds.ignore_errors()}
+    return [p for i, p in enumerate(paths) if i not in readable]
+
+
 def load_folder(config: Config) -> Splits:
     class_names, files_per_class = list_image_folder(config.data_dir)
+    skipped = undecodable([p for files in files_per_class for p in files])
+    if skipped:
+        bad = set(skipped)
+        files_per_class = [[p for p in files if p not in bad] for files in files_per_class]
+        for name, files in zip(class_names, files_per_class):
+            if not files:
+                raise DataError(f"class folder {name} has no readable images (all {len(bad)} unreadable files listed "
+                                f"first: {', '.join(skipped[:3])}); replace them or remove the folder")
     files = split_files(files_per_class, config.test_percent, config.valid_percent, config.seed)
+    splits = splits_from_files(class_names, files)
+    splits.skipped = skipped
+    return splits
+
+
+def load_recorded(run_dir: Path, config: Config) -> Splits:
+    """A run's own splits: its recorded file lists (image folders), else the TFDS slices."""
+    files_path = run_dir / "splits.json"
+    if not files_path.is_file():
+        return load_tfds(config)
+    class_names = rundir.read_json(run_dir / "class_names.json")
+    files = {k: [(p, int(y)) for p, y in v] for k, v in rundir.read_json(files_path).items()}
     return splits_from_files(class_names, files)
 
 

@@ -1,49 +1,36 @@
 """The recipe: train a new head on the frozen base, then unfreeze and fine-tune.
 
 `run(config)` does the whole job and leaves everything in the run directory
-(see flowerft/rundir.py for its layout).
+(see flowerft/rundir.py for its layout); `run(config, resume=True)` continues a run that
+was killed or interrupted from its last finished epoch (see flowerft/state.py).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
-from flowerft import data, rundir, sources
-from flowerft.callbacks import DivergenceGuard
-from flowerft.config import Config, to_dict
-from flowerft.errors import ConfigError
+from flowerft import data, rundir, sources, state
+from flowerft.callbacks import BestCheckpoint, DivergenceGuard
+from flowerft.config import DEFAULTS, Config, make_config, to_dict
+from flowerft.errors import ConfigError, FlowerftError, Interrupted
 from flowerft.model import build_model, compile_for_phase, freeze_base, unfreeze_base
+from flowerft.state import Progress
+from flowerft.summary import PhaseResult, summarize
 
 HEAD, FINETUNE = "head", "finetune"
 # Builds extra callbacks for a phase (the CLI's progress bars); gets the phase name.
 CallbackFactory = Callable[[str], list[keras.callbacks.Callback]]
 
 
-@dataclass
-class PhaseResult:
-    phase: str
-    epochs_planned: int
-    epochs_run: int = 0
-    best_epoch: int | None = None  # 1-based, counted over both phases like TensorBoard's x axis
-    best_val_accuracy: float | None = None
-    best_val_loss: float | None = None
-    last_val_accuracy: float | None = None
-    last_val_loss: float | None = None
-    wall_time_s: float = 0.0
-    stopped_because: str | None = None
-    checkpoint: str | None = None  # relative to the run dir
-    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
-
-
-@dataclass
+@dataclasses.dataclass
 class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
@@ -51,7 +38,7 @@ class RunResult:
 
 def train_head(
     model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory,
-    *, unshuffled_train_ds=None,
+    *, unshuffled_train_ds=None, resume: Progress | None = None,
 ) -> PhaseResult:
     """Phase 1: only the new head learns; the base is frozen (its BatchNorm in inference mode).
 
@@ -59,7 +46,7 @@ def train_head(
     head trains on features computed once (see fit_head_on_features); otherwise on images.
     """
     freeze_base(base)
-    options = dict(epochs=config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head)
+    options = dict(epochs=config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head, resume=resume)
     if unshuffled_train_ds is None or config.epochs_head == 0:
         return _fit_phase(HEAD, model, train_ds, valid_ds, config, run_dir, extra, **options)
     return fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, extra, **options)
@@ -83,8 +70,9 @@ def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, 
         train_features, train_labels, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed
     )
     valid_ds = data.indexed_pipeline(valid_features, valid_labels, batch_size=config.batch_size)
-    result = _fit_phase(HEAD, head, train_ds, valid_ds, config, run_dir, extra, save_best_of=model, **options)
-    result.wall_time_s = round(time.perf_counter() - start, 3)
+    feature_seconds = time.perf_counter() - start
+    result = _fit_phase(HEAD, head, train_ds, valid_ds, config, run_dir, extra, save=model, **options)
+    result.wall_time_s = round(result.wall_time_s + feature_seconds, 3)
     return result
 
 
@@ -96,7 +84,10 @@ def _features(extractor: keras.Model, ds) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.concat(features, 0), tf.concat(labels, 0)
 
 
-def fine_tune(model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory) -> PhaseResult:
+def fine_tune(
+    model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory,
+    *, head: PhaseResult, resume: Progress | None = None,
+) -> PhaseResult:
     """Phase 2: the whole base learns too, at a lower rate, with a fresh optimizer.
 
     BatchNormalization layers stay frozen (see model.unfreeze_base for why).
@@ -105,20 +96,15 @@ def fine_tune(model, base, train_ds, valid_ds, config: Config, run_dir: Path, ex
     return _fit_phase(
         FINETUNE, model, train_ds, valid_ds, config, run_dir, extra,
         epochs=config.epochs_finetune, initial_epoch=config.epochs_head,
-        lr=config.lr_finetune, decay=config.decay_finetune,
+        lr=config.lr_finetune, decay=config.decay_finetune, resume=resume, head=asdict(head),
     )
 
 
 def _fit_phase(
-    phase, model, train_ds, valid_ds, config, run_dir, extra, *, epochs, initial_epoch, lr, decay, save_best_of=None
+    phase, model, train_ds, valid_ds, config, run_dir, extra,
+    *, epochs, initial_epoch, lr, decay, save=None, resume=None, head=None,
 ) -> PhaseResult:
-    """Fit `model` for one phase and save the best epoch's classifier.
-
-    Normally a checkpoint is written whenever validation accuracy improves. With
-    `save_best_of` (the full classifier, when `model` is a head trained on cached features)
-    the best head weights are kept in memory and the classifier is saved once at the end:
-    its frozen base never changes, and an 80 MB save per epoch would cost more than the epoch.
-    """
+    """Fit `model` for a phase (or what is left of it); checkpoints hold `save` (default `model`)."""
     result = PhaseResult(phase=phase, epochs_planned=epochs)
     if epochs == 0:
         return result
@@ -128,86 +114,32 @@ def _fit_phase(
         compile_for_phase(
             model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm, jit_compile=config.jit_compile
         )
+    progress = resume or Progress(phase, head=head)
+    if progress.weights:
+        state.load_fitted(model, run_dir, progress)  # weights, momentum and step count
     checkpoint = Path(rundir.CHECKPOINTS) / f"{phase}_best.keras"
     guard = DivergenceGuard(config.divergence_factor)
-    callbacks = [
-        *([] if save_best_of else [keras.callbacks.ModelCheckpoint(
-            run_dir / checkpoint, monitor="val_accuracy", mode="max", save_best_only=True)]),
-        keras.callbacks.CSVLogger(run_dir / f"history_{phase}.csv"),
-        guard,
-        *extra(phase),
-    ]
+    best = BestCheckpoint(save or model, run_dir / checkpoint, best=progress.best_val_accuracy)
+    epoch_state = state.EpochState(run_dir, progress, best)
+    callbacks = [guard, best, epoch_state, *extra(phase)]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
-    start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=valid_ds,
-        initial_epoch=initial_epoch,
-        epochs=initial_epoch + epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
-        verbose=0,
-    )
-    result.wall_time_s = round(time.perf_counter() - start, 3)
+    if progress.epochs_done < epochs:
+        model.fit(
+            train_ds,
+            validation_data=valid_ds,
+            initial_epoch=initial_epoch + progress.epochs_done,  # no finished epoch runs twice
+            epochs=initial_epoch + epochs,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
+            verbose=0,
+        )
+    result.add_history(progress.history)
+    result.wall_time_s = progress.wall_time_s
     result.stopped_because = guard.reason
-    if save_best_of is not None and guard.best_epoch_weights is not None:
-        last = model.get_weights()
-        model.set_weights(guard.best_epoch_weights)
-        save_best_of.save(run_dir / checkpoint)
-        model.set_weights(last)
-    rows = _history_rows(phase, history)
-    result.history = rows
-    result.epochs_run = len(rows)
-    if rows:
-        best = max(rows, key=lambda r: _number(r.get("val_accuracy")))
-        result.best_epoch = best["epoch"]
-        result.best_val_accuracy = best.get("val_accuracy")
-        result.best_val_loss = min(_number(r.get("val_loss"), math.inf) for r in rows)
-        result.last_val_accuracy = rows[-1].get("val_accuracy")
-        result.last_val_loss = rows[-1].get("val_loss")
     if (run_dir / checkpoint).exists():
         result.checkpoint = checkpoint.as_posix()
     return result
-
-
-def _number(value, default=-math.inf) -> float:
-    return default if value is None or not math.isfinite(value) else float(value)
-
-
-def _history_rows(phase: str, history: keras.callbacks.History) -> list[dict[str, Any]]:
-    rows = []
-    for i, epoch in enumerate(history.epoch):
-        row = {"phase": phase, "epoch": epoch + 1}
-        row.update({k: float(v[i]) for k, v in history.history.items()})
-        rows.append(row)
-    return rows
-
-
-def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str) -> dict[str, Any]:
-    """metrics.json: per phase, which checkpoint is best over both, and any warnings."""
-    candidates = [p for p in (head, finetune) if p.checkpoint and p.best_val_accuracy is not None]
-    # Fine-tuning must beat the head to replace it: on a tie the simpler model wins.
-    best = max(candidates, key=lambda p: (p.best_val_accuracy, p is head), default=None)
-    warnings = []
-    for p in (head, finetune):
-        if p.stopped_because:
-            warnings.append(f"{p.phase} phase stopped early: {p.stopped_because}; its best weights were restored")
-    if head.best_val_accuracy is not None and finetune.last_val_accuracy is not None \
-            and finetune.last_val_accuracy < head.best_val_accuracy:
-        warnings.append(
-            f"fine-tuning ended at {finetune.last_val_accuracy:.1%} validation accuracy, below the head "
-            f"phase's best {head.best_val_accuracy:.1%}; evaluate and predict use the best checkpoint "
-            f"({best.checkpoint}). Remedies: --clipnorm 1, a lower --lr-head or a lower --lr-finetune"
-        )
-    return {
-        "phases": {p.phase: {k: v for k, v in asdict(p).items() if k != "history"} for p in (head, finetune)},
-        "best_phase": best.phase if best else None,
-        "best_val_accuracy": best.best_val_accuracy if best else None,
-        "best_checkpoint": best.checkpoint if best else final_checkpoint,
-        "final_checkpoint": final_checkpoint,
-        "warnings": warnings,
-    }
 
 
 def precision_policy(config: Config) -> str:
@@ -224,34 +156,63 @@ def check_inputs(config: Config, run_dir: Path) -> None:
         raise ConfigError(f"weights: {config.weights} is neither imagenet, none nor an existing weights file")
 
 
+def resumed_config(run_dir: Path, requested: Config) -> Config:
+    """The run's own config; options given now must agree with it (defaults agree with anything)."""
+    saved = make_config(**rundir.read_yaml(run_dir / "config.yaml"))
+    for key, value in to_dict(requested).items():
+        if key not in ("run_dir", "runs_root") and value != DEFAULTS[key] and value != getattr(saved, key):
+            raise FlowerftError(
+                f"{run_dir} was trained with {key}={getattr(saved, key)!r}, not {value!r}; resume with the "
+                "run's own options (or none), or start a new run with another --run-dir"
+            )
+    return saved
+
+
 def run(
     config: Config,
     callbacks: CallbackFactory = lambda phase: [],
     notify: Callable[[str], None] = lambda message: None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Load the data, build the model, train both phases and write the run directory."""
-    run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
+    if resume:
+        run_dir = rundir.find_resumable(config.run_dir, config.runs_root)
+        config = resumed_config(run_dir, config)
+        progress = Progress.load(run_dir)
+    else:
+        run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
+        rundir.check_new(run_dir, overwrite)
+        progress = None
     check_inputs(config, run_dir)
-    splits = sources.load(config)
-    notify(
-        f"{len(splits.class_names)} classes ({', '.join(splits.class_names)}); "
-        + ", ".join(f"{splits.sizes[s]} {s}" for s in sources.SPLIT_NAMES) + " images"
-    )
-    # Build the model before creating the run dir: a weights problem leaves nothing behind.
+    splits = sources.load_recorded(run_dir, config) if resume else sources.load(config)
+    # Build the model before touching the run dir: a weights problem leaves nothing behind.
+    # A resumed run takes every weight from its saved state, so it needs no download.
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(precision_policy(config))
     try:
         with tf.distribute.get_strategy().scope():
-            model, base = build_model(config, len(splits.class_names))
+            build_config = dataclasses.replace(config, weights="none") if resume else config
+            model, base = build_model(build_config, len(splits.class_names))
     finally:
         keras.mixed_precision.set_global_policy("float32")  # global state: leave it as found
 
-    rundir.make_run_dir(run_dir)
-    rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})
-    rundir.write_json(run_dir / "class_names.json", splits.class_names)
-    if splits.files is not None:
-        rundir.write_json(run_dir / "splits.json", splits.files)
-    notify(f"run dir: {run_dir}")
+    notify(
+        f"{len(splits.class_names)} classes ({', '.join(splits.class_names)}); "
+        + ", ".join(f"{splits.sizes[s]} {s}" for s in sources.SPLIT_NAMES) + " images"
+    )
+    if splits.skipped:
+        shown = ", ".join(splits.skipped[:3]) + (f" and {len(splits.skipped) - 3} more" if len(splits.skipped) > 3 else "")
+        notify(f"skipped {len(splits.skipped)} files that are not readable images: {shown}")
+
+    if resume:
+        state.load_initial(model, run_dir)
+        where = f"{progress.phase} epoch {progress.epochs_done + 1}" if progress else "the start"
+        notify(f"resuming {run_dir} from {where}")
+    else:
+        start_run_dir(run_dir, config, splits, model, overwrite)
+        notify(f"run dir: {run_dir}")
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
     cache_dir = run_dir / "cache"
@@ -263,17 +224,44 @@ def run(
     # Cached head features need the unaugmented images in source order.
     unshuffled = None if config.augment else data.pipeline(splits, "train", **pipe)
 
-    head = train_head(model, base, train_ds, valid_ds, config, run_dir, callbacks, unshuffled_train_ds=unshuffled)
-    finetune = fine_tune(model, base, train_ds, valid_ds, config, run_dir, callbacks)
+    try:
+        if progress and progress.phase == FINETUNE:
+            head = PhaseResult(**{k: v for k, v in progress.head.items()})
+            freeze_base(base)
+        else:
+            head = train_head(model, base, train_ds, valid_ds, config, run_dir, callbacks,
+                              unshuffled_train_ds=unshuffled, resume=progress)
+        ft_progress = progress if progress and progress.phase == FINETUNE else None
+        finetune = fine_tune(model, base, train_ds, valid_ds, config, run_dir, callbacks, head=head, resume=ft_progress)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; every finished epoch is saved in {run_dir}: continue with "
+            f"`flowerft train --resume --run-dir {run_dir}`"
+        ) from None
     shutil.rmtree(cache_dir, ignore_errors=True)  # a file cache is as large as the data set
 
     final = (Path(rundir.CHECKPOINTS) / "final.keras").as_posix()
-    model.save(run_dir / final)
+    state.save_model_atomic(model, run_dir / final)
     metrics = summarize(head, finetune, final)
     metrics["class_names"] = splits.class_names
     metrics["precision_policy"] = precision_policy(config)
     metrics["cache"] = cache
     rundir.write_json(run_dir / "history.json", head.history + finetune.history)
     rundir.write_json(run_dir / "metrics.json", metrics)
-    rundir.set_latest(run_dir)
+    shutil.rmtree(run_dir / state.STATE, ignore_errors=True)  # finished: nothing left to resume
     return RunResult(run_dir, metrics)
+
+
+def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: keras.Model, overwrite: bool) -> None:
+    """A new run dir with everything `evaluate`, `predict` and `--resume` need."""
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)  # check_new made sure it is a flowerft run dir
+    rundir.make_run_dir(run_dir)
+    rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})
+    rundir.write_json(run_dir / "class_names.json", splits.class_names)
+    if splits.files is not None:
+        rundir.write_json(run_dir / "splits.json", splits.files)
+    if splits.skipped:
+        rundir.write_json(run_dir / "skipped_files.json", splits.skipped)
+    state.save_initial(model, run_dir)
+    rundir.set_latest(run_dir)  # now, so that `--resume` finds a run that dies

@@ -66,3 +66,12 @@ def trained_run(tmp_path_factory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return runs / "first"
+
+
+def one_line_error(result, code: int = 1) -> str:
+    """The single `Error: ...` line of a failed CLI call (no traceback, nothing else)."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from flowerft import train
 from flowerft.cli import app
 from flowerft.config import Config
+from flowerft.summary import PhaseResult, summarize
 from flowerft.train import RunResult
 
-from conftest import make_image_folder
+from conftest import make_image_folder, one_line_error
 
 runner = CliRunner()
 
@@ -22,10 +23,10 @@ def captured(monkeypatch, tmp_path):
     """Patch the training call and keep the Config it receives."""
     seen = {}
 
-    def fake_run(config, callbacks, notify):
+    def fake_run(config, callbacks, notify, resume, overwrite):
         seen["config"] = config
         notify("fake run")
-        metrics = train.summarize(train.PhaseResult("head", 0), train.PhaseResult("finetune", 0), "checkpoints/final.keras")
+        metrics = summarize(PhaseResult("head", 0), PhaseResult("finetune", 0), "checkpoints/final.keras")
         return RunResult(tmp_path, metrics)
 
     monkeypatch.setattr(train, "run", fake_run)
@@ -75,12 +76,7 @@ def test_help_lists_every_option_with_its_default():
 
 
 def error_of(args):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 1
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    return one_line_error(runner.invoke(app, args))
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from flowerft import evaluate
 from flowerft.cli import app
 
+from conftest import one_line_error
+
 runner = CliRunner()
 
 
@@ -65,11 +67,7 @@ def test_evaluate_without_arguments_uses_the_latest_run(trained_run, monkeypatch
 
 
 def error_of(args):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    return one_line_error(runner.invoke(app, args))
 
 
 def test_evaluate_errors(tmp_path, trained_run, monkeypatch):
@@ -77,7 +75,7 @@ def test_evaluate_errors(tmp_path, trained_run, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert "holds no config.yaml" in error_of(["evaluate", "--run-dir", str(tmp_path / "empty")])
     monkeypatch.chdir(tmp_path)
-    assert "no finished run found" in error_of(["evaluate"])
+    assert "no run found" in error_of(["evaluate"])
     assert "split must be one of test, valid" in error_of(["evaluate", "--run-dir", str(trained_run), "--split", "train"])
     assert "checkpoint must be one of best, final" in error_of(["evaluate", "--run-dir", str(trained_run), "--checkpoint", "x"])
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flowerft import data, evaluate, predict
+from flowerft import data, evaluate, predict, sources
 from flowerft.cli import app
 
 runner = CliRunner()
@@ -18,7 +18,7 @@ RGB = RNG.integers(0, 256, (50, 40, 3), dtype=np.uint8)
 
 def test_predicting_a_file_matches_the_model_on_the_evaluation_pipeline(trained_run):
     config = evaluate.load_run_config(trained_run)
-    splits = evaluate.run_splits(trained_run, config)
+    splits = sources.load_recorded(trained_run, config)
     model = evaluate.load_model(evaluate.checkpoint_path(trained_run, "best"))
     images, _ = next(iter(data.pipeline(splits, "test", config)))
     expected = model.predict_on_batch(images)

@@ -10,7 +10,7 @@ import yaml
 
 from flowerft import sources, train
 from flowerft.config import make_config
-from flowerft.train import PhaseResult, summarize
+from flowerft.summary import PhaseResult, summarize
 
 
 def test_train_writes_every_artifact(trained_run):
@@ -20,6 +20,8 @@ def test_train_writes_every_artifact(trained_run):
                  "checkpoints/head_best.keras", "checkpoints/finetune_best.keras"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard" / "train").iterdir())
+    assert not (run / "state").exists()  # resume state is removed once the run has finished
+    assert not list(run.rglob(".tmp*")) and not list(run.rglob("*.tmp"))  # no half-written files
     assert (run.parent / "latest").read_text().strip() == run.name
 
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -49,7 +51,7 @@ def test_history_is_continuous_over_both_phases(trained_run):
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
     with open(trained_run / "history_finetune.csv") as f:
         csv_rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in csv_rows] == [1]  # CSVLogger counts from 0
+    assert [(r["phase"], int(r["epoch"])) for r in csv_rows] == [("finetune", 2)]
     assert float(csv_rows[0]["val_accuracy"]) == pytest.approx(rows[1]["val_accuracy"])
 
 

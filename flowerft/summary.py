@@ -1,0 +1,65 @@
+"""What a run reports: each phase's figures, and metrics.json over both phases."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    epochs_planned: int
+    epochs_run: int = 0
+    best_epoch: int | None = None  # 1-based, counted over both phases like TensorBoard's x axis
+    best_val_accuracy: float | None = None
+    best_val_loss: float | None = None
+    last_val_accuracy: float | None = None
+    last_val_loss: float | None = None
+    wall_time_s: float = 0.0
+    stopped_because: str | None = None
+    checkpoint: str | None = None  # relative to the run dir
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def add_history(self, rows: list[dict[str, Any]]) -> None:
+        """Fill the figures from the phase's per-epoch rows."""
+        self.history = rows
+        self.epochs_run = len(rows)
+        if rows:
+            best = max(rows, key=lambda r: _number(r.get("val_accuracy")))
+            self.best_epoch = best["epoch"]
+            self.best_val_accuracy = best.get("val_accuracy")
+            self.best_val_loss = min(_number(r.get("val_loss"), math.inf) for r in rows)
+            self.last_val_accuracy = rows[-1].get("val_accuracy")
+            self.last_val_loss = rows[-1].get("val_loss")
+
+
+def _number(value, default=-math.inf) -> float:
+    return default if value is None or not math.isfinite(value) else float(value)
+
+
+def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str) -> dict[str, Any]:
+    """metrics.json: per phase, which checkpoint is best over both, and any warnings."""
+    candidates = [p for p in (head, finetune) if p.checkpoint and p.best_val_accuracy is not None]
+    # Fine-tuning must beat the head to replace it: on a tie the simpler model wins.
+    best = max(candidates, key=lambda p: (p.best_val_accuracy, p is head), default=None)
+    warnings = []
+    for p in (head, finetune):
+        if p.stopped_because:
+            warnings.append(f"{p.phase} phase stopped early: {p.stopped_because}; its best weights were restored")
+    if head.best_val_accuracy is not None and finetune.last_val_accuracy is not None \
+            and finetune.last_val_accuracy < head.best_val_accuracy:
+        warnings.append(
+            f"fine-tuning ended at {finetune.last_val_accuracy:.1%} validation accuracy, below the head "
+            f"phase's best {head.best_val_accuracy:.1%}; evaluate and predict use the best checkpoint "
+            f"({best.checkpoint}). Remedies: --clipnorm 1, a lower --lr-head or a lower --lr-finetune"
+        )
+    return {
+        "phases": {p.phase: {k: v for k, v in asdict(p).items() if k != "history"} for p in (head, finetune)},
+        "best_phase": best.phase if best else None,
+        "best_val_accuracy": best.best_val_accuracy if best else None,
+        "best_checkpoint": best.checkpoint if best else final_checkpoint,
+        "final_checkpoint": final_checkpoint,
+        "warnings": warnings,
+    }

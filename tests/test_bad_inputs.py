@@ -1,0 +1,113 @@
+"""The bad-input corpus: each gets one line saying what is wrong, exit code 1, no traceback.
+
+Every case fails before any training, so the whole corpus runs in seconds.
+"""
+
+import json
+import shutil
+
+import keras
+import pytest
+from typer.testing import CliRunner
+
+from flowerft.cli import app
+
+from conftest import make_image_folder, one_line_error
+
+runner = CliRunner()
+TRAIN = ["train", "--weights", "none", "--image-size", "71"]
+
+
+def folder(tmp, **kw):
+    return str(make_image_folder(tmp / "flowers", **kw))
+
+
+def weights_of_another_network(tmp):
+    other = keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp / "mobilenet_notop.weights.h5"
+    other.save_weights(path)
+    return str(path)
+
+
+def yaml_file(tmp, text):
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def run_copy(tmp, trained_run, break_it):
+    run = tmp / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("tensorboard"))
+    break_it(run)
+    return str(run)
+
+
+def lambda_model(run):
+    inputs = keras.Input((71, 71, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Lambda(lambda x: x[:, 0, 0, :] / 255.0)(inputs))
+    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    keras.Model(inputs, outputs).save(run / best)
+
+
+CASES = {
+    # --- train ---
+    "missing data dir": (lambda t, r: [*TRAIN, "--data-dir", str(t / "nope")], "does not exist"),
+    "empty data dir": (lambda t, r: [*TRAIN, "--data-dir", str((t / "e").mkdir() or t / "e")], "has no class subfolders"),
+    "single-class folder": (lambda t, r: [*TRAIN, "--data-dir", folder(t, classes=("daisy",))], "only one class"),
+    "class folder without images": (
+        lambda t, r: [*TRAIN, "--data-dir", folder(t) if (t / "flowers" / "tulips").mkdir(parents=True) is None else ""],
+        "tulips has no images"),
+    "class of corrupt images only": (
+        lambda t, r: [*TRAIN, "--data-dir", folder(t) if [(t / "flowers" / "tulips").mkdir(parents=True),
+                                                          (t / "flowers" / "tulips" / "a.jpg").write_text("text")] else ""],
+        "tulips has no readable images"),
+    "unknown backbone": (lambda t, r: [*TRAIN, "--backbone", "vgg99"], "backbone: unknown backbone 'vgg99'"),
+    "weights file that is not weights": (
+        lambda t, r: [*TRAIN, "--data-dir", folder(t), "--weights", str((t / "w.h5").write_text("x") and t / "w.h5")],
+        "does not hold Xception weights"),
+    "weights of another architecture": (
+        lambda t, r: [*TRAIN, "--data-dir", folder(t), "--weights", weights_of_another_network(t)],
+        "does not hold Xception weights"),
+    "image size below the minimum": (lambda t, r: ["train", "--image-size", "64"], "image_size: must be at least 71"),
+    "negative epochs": (lambda t, r: [*TRAIN, "--epochs-finetune", "-2"], "epochs_finetune: must be 0 or more"),
+    "unknown config key": (lambda t, r: [*TRAIN, "--config", yaml_file(t, "learning_rate: 0.1\n")],
+                           "learning_rate: unknown config key"),
+    "config value of the wrong type": (lambda t, r: [*TRAIN, "--config", yaml_file(t, "batch_size: big\n")],
+                                       "batch_size: expected int"),
+    "unwritable run dir": (
+        lambda t, r: [*TRAIN, "--run-dir", str((t / "f").write_text("x") and t / "f" / "run")], "cannot write to run dir"),
+    "resume without a run": (lambda t, r: [*TRAIN, "--resume", "--run-dir", str((t / "e").mkdir() or t / "e")],
+                             "no saved training state"),
+    # --- evaluate ---
+    "evaluate a folder that is not a run": (lambda t, r: ["evaluate", "--run-dir", str(t)], "holds no config.yaml"),
+    "run dir with no model": (
+        lambda t, r: ["evaluate", "--run-dir", run_copy(t, r, lambda d: (d / "metrics.json").unlink())],
+        "has no metrics.json"),
+    "a .keras file that is not a model": (
+        lambda t, r: ["evaluate", "--run-dir", run_copy(t, r, lambda d: (d / "checkpoints" / "final.keras").write_text("x")),
+                      "--checkpoint", "final"],
+        "is not a loadable Keras model"),
+    "a model with code in it (safe mode)": (
+        lambda t, r: ["evaluate", "--run-dir", run_copy(t, r, lambda_model)], "is not a loadable Keras model"),
+    # --- predict ---
+    "predict a missing image": (lambda t, r: ["predict", str(t / "nope.jpg"), "--run-dir", str(r)], "no such file"),
+    "predict a zero-byte image": (
+        lambda t, r: ["predict", str((t / "z.jpg").write_bytes(b"") or t / "z.jpg"), "--run-dir", str(r)],
+        "the file is empty"),
+    "predict an empty folder": (lambda t, r: ["predict", str((t / "e").mkdir() or t / "e"), "--run-dir", str(r)],
+                                "folder has no images"),
+    "predict with a run dir that does not exist": (
+        lambda t, r: ["predict", "x.jpg", "--run-dir", str(t / "nope")], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_line(case, tmp_path, trained_run, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # so that nothing lands in the repository's runs/
+    make_args, message = CASES[case]
+    line = one_line_error(runner.invoke(app, make_args(tmp_path, trained_run)))
+    assert message in line, line
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 15

@@ -1,0 +1,153 @@
+"""Nothing lost: SIGKILL and Ctrl-C during fine-tuning, then --resume; run dirs are not overwritten."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flowerft import rundir
+from flowerft.cli import app
+from flowerft.errors import FlowerftError
+
+from conftest import make_image_folder, one_line_error
+
+runner = CliRunner()
+EPOCHS_HEAD, EPOCHS_FINETUNE = 2, 6
+
+
+def train_args(folder, run):
+    return ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet", "--image-size", "32",
+            "--batch-size", "4", "--epochs-head", str(EPOCHS_HEAD), "--epochs-finetune", str(EPOCHS_FINETUNE),
+            "--run-dir", str(run)]
+
+
+def start_and_stop_in_fine_tuning(tmp_path, sig):
+    """Run `flowerft train` in a subprocess and send `sig` once a fine-tune epoch has finished."""
+    folder = make_image_folder(tmp_path / "flowers", per_class=10)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "flowerft", *train_args(folder, run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    progress = run / "state" / "progress.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.is_file():
+            p = json.loads(progress.read_text())  # written atomically: always whole
+            if p["phase"] == "finetune" and p["epochs_done"] >= 1:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"training ended before it could be stopped: {proc.stderr.read()}"
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return folder, run, proc
+
+
+def check_finished_run(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["phases"]["head"]["epochs_run"] == EPOCHS_HEAD
+    assert metrics["phases"]["finetune"]["epochs_run"] == EPOCHS_FINETUNE
+    history = json.loads((run / "history.json").read_text())
+    expected = [("head", e) for e in range(1, EPOCHS_HEAD + 1)] + \
+        [("finetune", e) for e in range(EPOCHS_HEAD + 1, EPOCHS_HEAD + EPOCHS_FINETUNE + 1)]
+    assert [(r["phase"], r["epoch"]) for r in history] == expected  # continuous, nothing run twice
+    for phase in ("head", "finetune"):
+        with open(run / f"history_{phase}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["epoch"]) for r in rows] == [e for p, e in expected if p == phase]
+    yaml.safe_load((run / "config.yaml").read_text())
+    json.loads((run / "class_names.json").read_text())
+    for checkpoint in (run / "checkpoints").iterdir():
+        keras.saving.load_model(checkpoint, safe_mode=True)
+    assert (run / metrics["best_checkpoint"]).is_file()
+    assert not (run / "state").exists() and not list(run.rglob(".tmp*"))
+    return metrics
+
+
+def test_sigkill_during_fine_tuning_then_resume(tmp_path):
+    folder, run, proc = start_and_stop_in_fine_tuning(tmp_path, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "metrics.json").exists()
+    progress = json.loads((run / "state" / "progress.json").read_text())
+    best_before = progress["best_val_accuracy"]
+
+    result = runner.invoke(app, ["train", "--resume", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"from finetune epoch {progress['epochs_done'] + 1}" in result.output
+    metrics = check_finished_run(run)
+    # The best fine-tune checkpoint was tracked across the resume, never replaced by a worse one.
+    assert metrics["phases"]["finetune"]["best_val_accuracy"] >= best_before
+
+
+def test_ctrl_c_saves_state_and_says_how_to_resume(tmp_path, monkeypatch):
+    folder, run, proc = start_and_stop_in_fine_tuning(tmp_path, signal.SIGINT)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and f"flowerft train --resume --run-dir {run}" in stderr
+    message = one_line_error(runner.invoke(app, ["train", "--resume", "--run-dir", str(run), "--epochs-head", "9"]))
+    assert "was trained with epochs_head=2, not 9" in message
+    monkeypatch.chdir(tmp_path)
+    # The same command again, with --resume.
+    result = runner.invoke(app, [*train_args(folder, run), "--resume"])
+    assert result.exit_code == 0, result.output
+    check_finished_run(run)
+    assert "finished training already" in one_line_error(runner.invoke(app, ["train", "--resume", "--run-dir", str(run)]))
+    message = one_line_error(runner.invoke(app, train_args(folder, run)))
+    assert "already holds a run; add --resume to continue it, --overwrite to replace it" in message
+
+
+def test_check_new_refuses_to_replace_a_run_or_a_foreign_folder(tmp_path):
+    rundir.check_new(tmp_path / "missing", overwrite=False)
+    (tmp_path / "empty").mkdir()
+    rundir.check_new(tmp_path / "empty", overwrite=False)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(FlowerftError, match="not a flowerft run"):
+        rundir.check_new(tmp_path / "photos", overwrite=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(FlowerftError, match="--overwrite"):
+        rundir.check_new(tmp_path / "run", overwrite=False)
+    rundir.check_new(tmp_path / "run", overwrite=True)
+
+
+def test_overwrite_replaces_a_run(tmp_path):
+    folder = make_image_folder(tmp_path / "flowers", per_class=10)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 1\n")
+    (run / "evaluation.json").write_text("{}")
+    args = ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet", "--image-size", "32",
+            "--epochs-head", "1", "--epochs-finetune", "0", "--run-dir", str(run), "--overwrite"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert not (run / "evaluation.json").exists()  # nothing of the old run is mixed in
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs_head"] == 1
+
+
+def test_unreadable_images_are_skipped_and_reported(tmp_path):
+    folder = make_image_folder(tmp_path / "flowers", per_class=10)
+    (folder / "daisy" / "empty.jpg").write_bytes(b"")
+    (folder / "daisy" / "text.jpg").write_text("not an image")
+    good = (folder / "roses" / "roses_000.jpg").read_bytes()
+    (folder / "roses" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(folder / "dandelion" / "tiff_named.png", format="TIFF")
+    (folder / "daisy" / ".DS_Store").write_bytes(b"\0\1")
+    (folder / "daisy" / "notes.txt").write_text("ignored: not an image extension")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet",
+                                 "--image-size", "32", "--epochs-head", "1", "--epochs-finetune", "1",
+                                 "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "skipped 4 files that are not readable images" in result.output
+    skipped = json.loads((run / "skipped_files.json").read_text())
+    assert sorted(p.rsplit("/", 1)[1] for p in skipped) == ["empty.jpg", "text.jpg", "tiff_named.png", "truncated.jpg"]
+    files = json.loads((run / "splits.json").read_text())
+    assert sum(len(v) for v in files.values()) == 30

@@ -185,7 +185,8 @@ def run(
         run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
         rundir.check_new(run_dir, overwrite)
         progress = None
-    check_inputs(config, run_dir)
+        check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
+    rundir.check_writable(run_dir)
     splits = sources.load_recorded(run_dir, config) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
     # A resumed run takes every weight from its saved state, so it needs no download.
@@ -226,7 +227,7 @@ def run(
 
     try:
         if progress and progress.phase == FINETUNE:
-            head = PhaseResult(**{k: v for k, v in progress.head.items()})
+            head = PhaseResult(**progress.head)
             freeze_base(base)
         else:
             head = train_head(model, base, train_ds, valid_ds, config, run_dir, callbacks,

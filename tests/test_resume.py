@@ -32,8 +32,11 @@ def start_and_stop_in_fine_tuning(tmp_path, sig):
     """Run `flowerft train` in a subprocess and send `sig` once a fine-tune epoch has finished."""
     folder = make_image_folder(tmp_path / "flowers", per_class=10)
     run = tmp_path / "run"
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt: give the child Ctrl-C's default, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "flowerft", *train_args(folder, run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress = run / "state" / "progress.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:

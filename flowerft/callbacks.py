@@ -47,6 +47,10 @@ class DivergenceGuard(keras.callbacks.Callback):
         if self.reason is None and value is not None and value > self.best:
             self.best = value
             self.best_weights = self.model.get_weights()
+        if self.reason:
+            # Now, not at the end of training: the callbacks after this one (the epoch's
+            # saved state) must see the restored weights, never the diverged ones.
+            self.model.set_weights(self.best_weights)
 
     def on_train_end(self, logs=None):
         if self.reason:
@@ -59,18 +63,28 @@ class BestCheckpoint(keras.callbacks.Callback):
     Unlike keras.callbacks.ModelCheckpoint it can save a model other than the one `fit`
     trains (the full classifier while a head trains on cached features), it starts from a
     known best when a run resumes (keras-team/keras #17012), and a crash mid-save never
-    leaves a truncated file.
+    leaves a truncated file. Each save goes to `staging / <stem>-e<epoch>.keras` and is
+    `pending` until the caller commits the epoch and moves it into place (state.EpochState),
+    so the checkpoint and the recorded best never disagree. An epoch the `guard` stopped for
+    divergence is never the best: its validation ran on the diverged weights.
     """
 
-    def __init__(self, model_to_save: keras.Model, path: Path, best: float | None = None, monitor: str = "val_accuracy"):
+    def __init__(self, model_to_save: keras.Model, staging: Path, stem: str, best: float | None = None,
+                 guard: DivergenceGuard | None = None, monitor: str = "val_accuracy"):
         super().__init__()
         self.model_to_save = model_to_save
-        self.path = Path(path)
+        self.staging = Path(staging)
+        self.stem = stem
         self.best = best
+        self.guard = guard
         self.monitor = monitor
+        self.pending: Path | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
+        if self.guard is not None and self.guard.reason:
+            return
         if value is not None and math.isfinite(value) and (self.best is None or value > self.best):
             self.best = float(value)
-            save_model_atomic(self.model_to_save, self.path)
+            self.pending = self.staging / f"{self.stem}-e{epoch + 1}.keras"
+            save_model_atomic(self.model_to_save, self.pending)

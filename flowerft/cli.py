@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowerft.backbones import BACKBONES
-from flowerft.config import DEFAULTS, make_config
+from flowerft.config import DEFAULTS, given_values, make_config
 from flowerft.errors import FlowerftError, Interrupted
 
 app = typer.Typer(
@@ -95,14 +95,15 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace the run already in --run-dir.")] = False,
 ) -> None:
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
+    options = dict(
+        data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
+        image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
+        lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, seed=seed, run_dir=run_dir,
+        # A switch left off keeps whatever the YAML file says.
+        mixed_precision=mixed_precision or None, jit_compile=jit_compile or None,
+    )
     try:
-        config = make_config(
-            config_file, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
-            image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
-            lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, seed=seed, run_dir=run_dir,
-            # A switch left off keeps whatever the YAML file says.
-            mixed_precision=mixed_precision or None, jit_compile=jit_compile or None,
-        )
+        config = make_config(config_file, **options)
         import_tensorflow_quietly()
         from flowerft import train as training
         from flowerft.progress import RichProgress, make_progress
@@ -114,6 +115,8 @@ def train(
                 notify=lambda message: progress.console.print(message, highlight=False, soft_wrap=True),
                 resume=resume,
                 overwrite=overwrite,
+                # A resumed run keeps its own options; those given now must agree with them.
+                given=given_values(config_file, **options) if resume else None,
             )
     except Interrupted as e:
         fail(str(e), code=130)
@@ -142,6 +145,8 @@ def evaluate(
         report = evaluation.run(run_dir, checkpoint=checkpoint, split=split)
     except FlowerftError as e:
         fail(str(e))
+    except KeyboardInterrupt:  # nothing half-written: every file is renamed into place
+        fail("interrupted", code=130)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -164,6 +169,8 @@ def predict(
         predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint, k=top_k)
     except FlowerftError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
     if as_json:
         print(json.dumps([{"path": p.path, "top_k": p.top_k} for p in predictions], indent=2))
     elif predictions:

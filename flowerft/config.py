@@ -163,8 +163,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config:
-    """Defaults, then the YAML file, then the overrides that are not None."""
+def given_values(yaml_path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """What the user set: the YAML file's values, then the overrides that are not None."""
     values: dict[str, Any] = {}
     sources = [read_yaml(yaml_path) if yaml_path else {}, {k: v for k, v in overrides.items() if v is not None}]
     for source in sources:
@@ -172,7 +172,12 @@ def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown config key; known keys are {', '.join(sorted(FIELDS))}")
         values.update(source)
-    return Config(**values)
+    return values
+
+
+def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the YAML file, then the overrides that are not None."""
+    return Config(**given_values(yaml_path, **overrides))
 
 
 def to_dict(config: Config) -> dict[str, Any]:

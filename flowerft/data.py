@@ -63,6 +63,10 @@ def read_image(path: str | Path, image_size: int) -> tf.Tensor:
         raise DataError(f"{path}: no such file") from None
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         raise DataError(f"{path}: {_decode_problem(e.message)}") from None
+    except tf.errors.PermissionDeniedError:
+        raise DataError(f"{path}: permission denied; make the file readable") from None
+    except tf.errors.OpError as e:  # a folder named .jpg, an I/O error, ...
+        raise DataError(f"{path}: cannot be read: {e.message.splitlines()[0]}") from None
 
 
 def _decode_problem(message: str) -> str:

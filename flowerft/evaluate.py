@@ -124,7 +124,7 @@ def run(run_dir: str | Path | None = None, checkpoint: str = "best", split: str 
     config = load_run_config(path)
     model_path = checkpoint_path(path, checkpoint)
     model = load_model(model_path)
-    splits = sources.load_recorded(path, config)
+    splits = sources.load_recorded(path, config, (split,))
     probabilities, labels = predict_dataset(model, data.pipeline(splits, split, config))
     result = {
         "run_dir": str(path),

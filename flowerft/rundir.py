@@ -92,11 +92,16 @@ def make_run_dir(path: Path) -> Path:
     return path
 
 
+def is_run(path: Path) -> bool:
+    """Whether `path` holds what `flowerft train` writes first; --overwrite deletes nothing else."""
+    return (path / "config.yaml").is_file() and (path / "class_names.json").is_file()
+
+
 def check_new(path: Path, overwrite: bool) -> None:
     """A fresh run never silently replaces an earlier one (nor a folder that is not a run)."""
     if not path.is_dir() or not any(path.iterdir()):
         return
-    if not (path / "config.yaml").is_file():
+    if not is_run(path):
         raise FlowerftError(f"run dir {path} is a non-empty folder that is not a flowerft run; choose another --run-dir")
     if not overwrite:
         raise FlowerftError(

@@ -148,13 +148,26 @@ def load_folder(config: Config) -> Splits:
     return splits
 
 
-def load_recorded(run_dir: Path, config: Config) -> Splits:
-    """A run's own splits: its recorded file lists (image folders), else the TFDS slices."""
+def load_recorded(run_dir: Path, config: Config, needed: tuple[str, ...] = SPLIT_NAMES) -> Splits:
+    """A run's own splits: its recorded file lists (image folders), else the TFDS slices.
+
+    The files of the `needed` splits must still be there and decode, checked now: a file
+    that went missing since training must not stop an epoch or an evaluation halfway.
+    """
     files_path = run_dir / "splits.json"
     if not files_path.is_file():
         return load_tfds(config)
     class_names = rundir.read_json(run_dir / "class_names.json")
     files = {k: [(p, int(y)) for p, y in v] for k, v in rundir.read_json(files_path).items()}
+    paths = [p for name in needed for p, _ in files[name]]
+    missing = [p for p in paths if not Path(p).is_file()]
+    broken = missing or undecodable(paths)
+    if broken:
+        what = "missing" if missing else "no longer readable images"
+        raise DataError(
+            f"{len(broken)} of the {len(paths)} {'/'.join(needed)} files recorded in {files_path} are {what} "
+            f"(first: {broken[0]}); put them back, or train a new run on the folder as it is now"
+        )
     return splits_from_files(class_names, files)
 
 

@@ -115,16 +115,18 @@ def _fit_phase(
             model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm, jit_compile=config.jit_compile
         )
     progress = resume or Progress(phase, head=head)
+    checkpoint = Path(rundir.CHECKPOINTS) / f"{phase}_best.keras"
+    if resume:
+        state.finish_commit(run_dir, progress, run_dir / checkpoint)
     if progress.weights:
         state.load_fitted(model, run_dir, progress)  # weights, momentum and step count
-    checkpoint = Path(rundir.CHECKPOINTS) / f"{phase}_best.keras"
     guard = DivergenceGuard(config.divergence_factor)
-    best = BestCheckpoint(save or model, run_dir / checkpoint, best=progress.best_val_accuracy)
-    epoch_state = state.EpochState(run_dir, progress, best)
-    callbacks = [guard, best, epoch_state, *extra(phase)]
+    best = BestCheckpoint(save or model, run_dir / state.STATE, f"{phase}_best", best=progress.best_val_accuracy, guard=guard)
+    epoch_state = state.EpochState(run_dir, progress, best, guard, published=run_dir / checkpoint)
+    callbacks = [guard, best, epoch_state, *extra(phase)]  # in this order: see EpochState
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
-    if progress.epochs_done < epochs:
+    if progress.epochs_done < epochs and not progress.stopped:  # a diverged phase stays over
         model.fit(
             train_ds,
             validation_data=valid_ds,
@@ -136,7 +138,7 @@ def _fit_phase(
         )
     result.add_history(progress.history)
     result.wall_time_s = progress.wall_time_s
-    result.stopped_because = guard.reason
+    result.stopped_because = guard.reason or progress.stopped
     if (run_dir / checkpoint).exists():
         result.checkpoint = checkpoint.as_posix()
     return result
@@ -156,11 +158,17 @@ def check_inputs(config: Config, run_dir: Path) -> None:
         raise ConfigError(f"weights: {config.weights} is neither imagenet, none nor an existing weights file")
 
 
-def resumed_config(run_dir: Path, requested: Config) -> Config:
-    """The run's own config; options given now must agree with it (defaults agree with anything)."""
+def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | None = None) -> Config:
+    """The run's own config; options given now must agree with it.
+
+    `given` holds the options the user actually gave (flags and config file); without it,
+    any option that differs from its default counts as given.
+    """
     saved = make_config(**rundir.read_yaml(run_dir / "config.yaml"))
-    for key, value in to_dict(requested).items():
-        if key not in ("run_dir", "runs_root") and value != DEFAULTS[key] and value != getattr(saved, key):
+    if given is None:
+        given = {k: v for k, v in to_dict(requested).items() if v != DEFAULTS[k]}
+    for key, value in given.items():
+        if key not in ("run_dir", "runs_root") and value != getattr(saved, key):
             raise FlowerftError(
                 f"{run_dir} was trained with {key}={getattr(saved, key)!r}, not {value!r}; resume with the "
                 "run's own options (or none), or start a new run with another --run-dir"
@@ -175,11 +183,17 @@ def run(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    given: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Load the data, build the model, train both phases and write the run directory."""
+    """Load the data, build the model, train both phases and write the run directory.
+
+    With `resume`, `given` is what the user asked for explicitly (see resumed_config).
+    """
     if resume:
         run_dir = rundir.find_resumable(config.run_dir, config.runs_root)
-        config = resumed_config(run_dir, config)
+        if not state.has_initial(run_dir):
+            raise FlowerftError(f"{run_dir} was stopped before its training began; start it again with --overwrite")
+        config = resumed_config(run_dir, config, given)
         progress = Progress.load(run_dir)
     else:
         run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
@@ -187,7 +201,7 @@ def run(
         progress = None
         check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
     rundir.check_writable(run_dir)
-    splits = sources.load_recorded(run_dir, config) if resume else sources.load(config)
+    splits = sources.load_recorded(run_dir, config, ("train", "valid")) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
     # A resumed run takes every weight from its saved state, so it needs no download.
     keras.utils.set_random_seed(config.seed)
@@ -217,15 +231,17 @@ def run(
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
     cache_dir = run_dir / "cache"
+    # A file cache that a killed run left half-written is locked; it would fail the pipeline.
+    shutil.rmtree(cache_dir, ignore_errors=True)
     pipe = dict(config=config, cache=cache, cache_dir=cache_dir)
-    if cache == "memory":
-        notify("decoding and resizing every image once (kept in memory)")
-    train_ds = data.pipeline(splits, "train", training=True, **pipe)
-    valid_ds = data.pipeline(splits, "valid", **pipe)
-    # Cached head features need the unaugmented images in source order.
-    unshuffled = None if config.augment else data.pipeline(splits, "train", **pipe)
-
     try:
+        if cache == "memory":
+            notify("decoding and resizing every image once (kept in memory)")
+        train_ds = data.pipeline(splits, "train", training=True, **pipe)
+        valid_ds = data.pipeline(splits, "valid", **pipe)
+        # Cached head features need the unaugmented images in source order.
+        unshuffled = None if config.augment else data.pipeline(splits, "train", **pipe)
+
         if progress and progress.phase == FINETUNE:
             head = PhaseResult(**progress.head)
             freeze_base(base)
@@ -256,10 +272,11 @@ def run(
 def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: keras.Model, overwrite: bool) -> None:
     """A new run dir with everything `evaluate`, `predict` and `--resume` need."""
     if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)  # check_new made sure it is a flowerft run dir
+        shutil.rmtree(run_dir)  # check_new made sure it is a flowerft run (rundir.is_run)
     rundir.make_run_dir(run_dir)
-    rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})
+    # These two first: together they mark the folder as a run (rundir.is_run).
     rundir.write_json(run_dir / "class_names.json", splits.class_names)
+    rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})
     if splits.files is not None:
         rundir.write_json(run_dir / "splits.json", splits.files)
     if splits.skipped:

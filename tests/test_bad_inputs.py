@@ -49,6 +49,16 @@ def lambda_model(run):
     keras.Model(inputs, outputs).save(run / best)
 
 
+def repoint_a_test_file(tmp, run, contents):
+    """Make splits.json's first test file one that is missing (None) or holds `contents`."""
+    splits = json.loads((run / "splits.json").read_text())
+    target = tmp / "moved.jpg"
+    if contents is not None:
+        target.write_bytes(contents)
+    splits["test"][0][0] = str(target)
+    (run / "splits.json").write_text(json.dumps(splits))
+
+
 CASES = {
     # --- train ---
     "missing data dir": (lambda t, r: [*TRAIN, "--data-dir", str(t / "nope")], "does not exist"),
@@ -89,6 +99,12 @@ CASES = {
         "is not a loadable Keras model"),
     "a model with code in it (safe mode)": (
         lambda t, r: ["evaluate", "--run-dir", run_copy(t, r, lambda_model)], "is not a loadable Keras model"),
+    "evaluate after a test image went missing": (
+        lambda t, r: ["evaluate", "--run-dir", run_copy(t, r, lambda d: repoint_a_test_file(t, d, None))],
+        "test files recorded in"),
+    "evaluate after a test image was overwritten": (
+        lambda t, r: ["evaluate", "--run-dir", run_copy(t, r, lambda d: repoint_a_test_file(t, d, b"not a jpeg"))],
+        "are no longer readable images"),
     # --- predict ---
     "predict a missing image": (lambda t, r: ["predict", str(t / "nope.jpg"), "--run-dir", str(r)], "no such file"),
     "predict a zero-byte image": (
@@ -111,3 +127,13 @@ def test_bad_input_is_one_clear_line(case, tmp_path, trained_run, monkeypatch):
 
 def test_the_corpus_is_large_enough():
     assert len(CASES) >= 15
+
+
+def test_ctrl_c_in_evaluate_is_one_line_and_exit_130(trained_run, monkeypatch):
+    from flowerft import evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "run", interrupted)
+    assert one_line_error(runner.invoke(app, ["evaluate", "--run-dir", str(trained_run)]), code=130) == "Error: interrupted"

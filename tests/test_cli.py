@@ -23,8 +23,8 @@ def captured(monkeypatch, tmp_path):
     """Patch the training call and keep the Config it receives."""
     seen = {}
 
-    def fake_run(config, callbacks, notify, resume, overwrite):
-        seen["config"] = config
+    def fake_run(config, callbacks, notify, resume, overwrite, given):
+        seen["config"], seen["given"] = config, given
         notify("fake run")
         metrics = summarize(PhaseResult("head", 0), PhaseResult("finetune", 0), "checkpoints/final.keras")
         return RunResult(tmp_path, metrics)
@@ -55,6 +55,17 @@ def test_flags_override_the_yaml_file(captured, tmp_path):
     assert (c.data_dir, c.weights, c.backbone, c.image_size, c.batch_size) == ("d", "none", "mobilenet", 96, 16)
     assert (c.lr_finetune, c.seed, c.run_dir, c.tfds_data_dir) == (0.001, 7, "r", "t")
     assert c.mixed_precision and c.jit_compile
+
+
+def test_resume_is_told_exactly_what_was_given(captured, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cache: file\n")
+    # --epochs-head 5 is the default, and still given: resume must check it against the run.
+    args = ["train", "--resume", "--config", str(path), "--epochs-head", "5", "--run-dir", "r"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert captured["given"] == {"cache": "file", "epochs_head": 5, "run_dir": "r"}
+    assert runner.invoke(app, ["train"]).exit_code == 0
+    assert captured["given"] is None  # a new run checks nothing against an old one
 
 
 def test_switches_left_off_keep_the_yaml_value(captured, tmp_path):

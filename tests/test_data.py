@@ -188,3 +188,9 @@ def test_tfds_download_fails_fast_and_names_the_offline_remedies(tmp_path, monke
         sources.load(make_config(tfds_data_dir=str(tmp_path)))
     assert time.monotonic() - start < 15
     assert "--data-dir" in str(error.value) and "--tfds-data-dir" in str(error.value)
+
+
+def test_read_image_of_something_that_is_not_a_file_is_a_data_error(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()
+    with pytest.raises(DataError, match="folder.jpg: cannot be read"):
+        data.read_image(tmp_path / "folder.jpg", 32)

@@ -8,13 +8,17 @@ import sys
 import time
 
 import keras
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flowerft import rundir
+from flowerft import rundir, state
+from flowerft.callbacks import BestCheckpoint, DivergenceGuard
 from flowerft.cli import app
+from flowerft.config import DEFAULTS, make_config, to_dict
 from flowerft.errors import FlowerftError
+from flowerft.train import resumed_config
 
 from conftest import make_image_folder, one_line_error
 
@@ -78,6 +82,11 @@ def test_sigkill_during_fine_tuning_then_resume(tmp_path):
     assert not (run / "metrics.json").exists()
     progress = json.loads((run / "state" / "progress.json").read_text())
     best_before = progress["best_val_accuracy"]
+    # What a kill during a file cache's first pass leaves: a lock that fails the next pass.
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "cache": "file"}))
+    (run / "cache").mkdir()
+    (run / "cache" / "train_0.lockfile").write_text("")
 
     result = runner.invoke(app, ["train", "--resume", "--run-dir", str(run)])
     assert result.exit_code == 0, result.output
@@ -114,6 +123,9 @@ def test_check_new_refuses_to_replace_a_run_or_a_foreign_folder(tmp_path):
         rundir.check_new(tmp_path / "photos", overwrite=True)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(FlowerftError, match="not a flowerft run"):  # any tool's config.yaml
+        rundir.check_new(tmp_path / "run", overwrite=True)
+    (tmp_path / "run" / "class_names.json").write_text('["a", "b"]')
     with pytest.raises(FlowerftError, match="--overwrite"):
         rundir.check_new(tmp_path / "run", overwrite=False)
     rundir.check_new(tmp_path / "run", overwrite=True)
@@ -124,6 +136,7 @@ def test_overwrite_replaces_a_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 1\n")
+    (run / "class_names.json").write_text('["a", "b"]')
     (run / "evaluation.json").write_text("{}")
     args = ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet", "--image-size", "32",
             "--epochs-head", "1", "--epochs-finetune", "0", "--run-dir", str(run), "--overwrite"]
@@ -154,3 +167,56 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path):
     assert sorted(p.rsplit("/", 1)[1] for p in skipped) == ["empty.jpg", "text.jpg", "tiff_named.png", "truncated.jpg"]
     files = json.loads((run / "splits.json").read_text())
     assert sum(len(v) for v in files.values()) == 30
+
+
+def test_a_run_killed_before_training_began_is_not_resumable(tmp_path):
+    run = tmp_path / "run"
+    (run / "state").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 1\n")
+    (run / "class_names.json").write_text('["a", "b"]')
+    message = one_line_error(runner.invoke(app, ["train", "--resume", "--run-dir", str(run)]))
+    assert "stopped before its training began; start it again with --overwrite" in message
+
+
+def test_resume_refuses_an_option_given_at_its_default_that_the_run_did_not_use(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(make_config(epochs_head=2, seed=7))))
+    requested = make_config(epochs_head=DEFAULTS["epochs_head"])
+    with pytest.raises(FlowerftError, match=f"epochs_head=2, not {DEFAULTS['epochs_head']}"):
+        resumed_config(tmp_path, requested, given={"epochs_head": DEFAULTS["epochs_head"]})
+    assert resumed_config(tmp_path, requested, given={"seed": 7, "run_dir": "elsewhere"}).epochs_head == 2
+
+
+def test_finish_commit_publishes_the_committed_best_and_drops_the_rest(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    published = tmp_path / "checkpoints" / "finetune_best.keras"
+    published.parent.mkdir()
+    published.write_text("epoch 3")
+    (folder / "finetune_best-e4.keras").write_text("epoch 4")  # committed, then killed before the move
+    (folder / "finetune_best-e5.keras").write_text("epoch 5")  # saved, never committed
+    (folder / ".tmp-finetune-e5.weights.h5").write_text("half")
+    state.finish_commit(tmp_path, state.Progress("finetune", epochs_done=4, best_file="finetune_best-e4.keras"), published)
+    assert published.read_text() == "epoch 4"
+    assert list(folder.iterdir()) == []
+
+
+def test_a_diverged_phase_is_saved_with_its_best_weights_and_stays_over(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(1e9), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32") * 100
+    y = np.arange(64) % 3
+    progress = state.Progress("head")
+    guard = DivergenceGuard(factor=100)
+    best = BestCheckpoint(model, tmp_path / state.STATE, "head_best", guard=guard)
+    published = tmp_path / "head_best.keras"
+    epoch_state = state.EpochState(tmp_path, progress, best, guard, published)
+    model.fit(x, y, batch_size=8, epochs=20, validation_data=(x, y), callbacks=[guard, best, epoch_state], verbose=0)
+    assert guard.reason is not None
+    saved = state.Progress.load(tmp_path)
+    assert saved.stopped == guard.reason and saved.epochs_done < 20
+    stored = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    stored.load_weights(tmp_path / state.STATE / saved.weights)
+    assert all(np.isfinite(w).all() and np.array_equal(w, m) for w, m in zip(stored.get_weights(), model.get_weights()))
+    if saved.best_file:  # the best checkpoint is a clean epoch's, moved into place
+        assert published.is_file() and not (tmp_path / state.STATE / saved.best_file).exists()

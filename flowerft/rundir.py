@@ -92,9 +92,17 @@ def make_run_dir(path: Path) -> Path:
     return path
 
 
+# Keys every flowerft config.yaml has, and another tool's config.yaml is most unlikely to.
+RUN_CONFIG_KEYS = {"backbone", "epochs_head", "epochs_finetune", "lr_head", "lr_finetune"}
+
+
 def is_run(path: Path) -> bool:
-    """Whether `path` holds what `flowerft train` writes first; --overwrite deletes nothing else."""
-    return (path / "config.yaml").is_file() and (path / "class_names.json").is_file()
+    """Whether `path` holds the config.yaml `flowerft train` writes first; --overwrite deletes nothing else."""
+    try:
+        config = read_yaml(path / "config.yaml")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and RUN_CONFIG_KEYS <= set(config)
 
 
 def check_new(path: Path, overwrite: bool) -> None:

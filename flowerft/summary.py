@@ -22,15 +22,21 @@ class PhaseResult:
     checkpoint: str | None = None  # relative to the run dir
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    def add_history(self, rows: list[dict[str, Any]]) -> None:
-        """Fill the figures from the phase's per-epoch rows."""
+    def add_history(self, rows: list[dict[str, Any]], diverged: bool = False) -> None:
+        """Fill the figures from the phase's per-epoch rows.
+
+        If the phase `diverged`, its last row was validated on the diverged weights, which
+        were then thrown away: it is history, but never the phase's best.
+        """
         self.history = rows
         self.epochs_run = len(rows)
-        if rows:
-            best = max(rows, key=lambda r: _number(r.get("val_accuracy")))
+        clean = rows[:-1] if diverged else rows
+        if clean:
+            best = max(clean, key=lambda r: _number(r.get("val_accuracy")))
             self.best_epoch = best["epoch"]
             self.best_val_accuracy = best.get("val_accuracy")
-            self.best_val_loss = min(_number(r.get("val_loss"), math.inf) for r in rows)
+            self.best_val_loss = min(_number(r.get("val_loss"), math.inf) for r in clean)
+        if rows:
             self.last_val_accuracy = rows[-1].get("val_accuracy")
             self.last_val_loss = rows[-1].get("val_loss")
 
@@ -53,7 +59,7 @@ def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str) -
         warnings.append(
             f"fine-tuning ended at {finetune.last_val_accuracy:.1%} validation accuracy, below the head "
             f"phase's best {head.best_val_accuracy:.1%}; evaluate and predict use the best checkpoint "
-            f"({best.checkpoint}). Remedies: --clipnorm 1, a lower --lr-head or a lower --lr-finetune"
+            f"({best.checkpoint if best else final_checkpoint}). Remedies: --clipnorm 1, a lower --lr-head or a lower --lr-finetune"
         )
     return {
         "phases": {p.phase: {k: v for k, v in asdict(p).items() if k != "history"} for p in (head, finetune)},

@@ -136,9 +136,9 @@ def _fit_phase(
             shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
             verbose=0,
         )
-    result.add_history(progress.history)
-    result.wall_time_s = progress.wall_time_s
     result.stopped_because = guard.reason or progress.stopped
+    result.add_history(progress.history, diverged=result.stopped_because is not None)
+    result.wall_time_s = progress.wall_time_s
     if (run_dir / checkpoint).exists():
         result.checkpoint = checkpoint.as_posix()
     return result
@@ -274,9 +274,8 @@ def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: 
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)  # check_new made sure it is a flowerft run (rundir.is_run)
     rundir.make_run_dir(run_dir)
-    # These two first: together they mark the folder as a run (rundir.is_run).
+    rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})  # marks a run: rundir.is_run
     rundir.write_json(run_dir / "class_names.json", splits.class_names)
-    rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})
     if splits.files is not None:
         rundir.write_json(run_dir / "splits.json", splits.files)
     if splits.skipped:

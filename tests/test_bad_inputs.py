@@ -129,11 +129,13 @@ def test_the_corpus_is_large_enough():
     assert len(CASES) >= 15
 
 
-def test_ctrl_c_in_evaluate_is_one_line_and_exit_130(trained_run, monkeypatch):
-    from flowerft import evaluate
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "x.jpg"]])
+def test_ctrl_c_in_evaluate_or_predict_is_one_line_and_exit_130(command, trained_run, monkeypatch):
+    from flowerft import evaluate, predict
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "run", interrupted)
-    assert one_line_error(runner.invoke(app, ["evaluate", "--run-dir", str(trained_run)]), code=130) == "Error: interrupted"
+    monkeypatch.setattr(evaluate if command[0] == "evaluate" else predict, "run", interrupted)
+    result = runner.invoke(app, [*command, "--run-dir", str(trained_run)])
+    assert one_line_error(result, code=130) == "Error: interrupted"

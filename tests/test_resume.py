@@ -18,7 +18,7 @@ from flowerft.callbacks import BestCheckpoint, DivergenceGuard
 from flowerft.cli import app
 from flowerft.config import DEFAULTS, make_config, to_dict
 from flowerft.errors import FlowerftError
-from flowerft.train import resumed_config
+from flowerft.train import _fit_phase, resumed_config
 
 from conftest import make_image_folder, one_line_error
 
@@ -122,10 +122,10 @@ def test_check_new_refuses_to_replace_a_run_or_a_foreign_folder(tmp_path):
     with pytest.raises(FlowerftError, match="not a flowerft run"):
         rundir.check_new(tmp_path / "photos", overwrite=True)
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text("seed: 1\n")
-    with pytest.raises(FlowerftError, match="not a flowerft run"):  # any tool's config.yaml
+    (tmp_path / "run" / "config.yaml").write_text("seed: 1\nepochs: 3\n")
+    with pytest.raises(FlowerftError, match="not a flowerft run"):  # another tool's config.yaml
         rundir.check_new(tmp_path / "run", overwrite=True)
-    (tmp_path / "run" / "class_names.json").write_text('["a", "b"]')
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(to_dict(make_config())))
     with pytest.raises(FlowerftError, match="--overwrite"):
         rundir.check_new(tmp_path / "run", overwrite=False)
     rundir.check_new(tmp_path / "run", overwrite=True)
@@ -135,8 +135,7 @@ def test_overwrite_replaces_a_run(tmp_path):
     folder = make_image_folder(tmp_path / "flowers", per_class=10)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("seed: 1\n")
-    (run / "class_names.json").write_text('["a", "b"]')
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(make_config(epochs_head=7))))
     (run / "evaluation.json").write_text("{}")
     args = ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet", "--image-size", "32",
             "--epochs-head", "1", "--epochs-finetune", "0", "--run-dir", str(run), "--overwrite"]
@@ -200,23 +199,70 @@ def test_finish_commit_publishes_the_committed_best_and_drops_the_rest(tmp_path)
     assert list(folder.iterdir()) == []
 
 
-def test_a_diverged_phase_is_saved_with_its_best_weights_and_stays_over(tmp_path):
+class PoisonAtEpoch(keras.callbacks.Callback):
+    """Make the weights NaN at the start of epoch `epoch` (0-based): a divergence on cue."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
+
+
+def tiny_classifier():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+
+
+def test_a_diverged_phase_is_saved_with_its_best_weights(tmp_path):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.SGD(1e9), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32") * 100
-    y = np.arange(64) % 3
+    model = tiny_classifier()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 1)
     progress = state.Progress("head")
     guard = DivergenceGuard(factor=100)
     best = BestCheckpoint(model, tmp_path / state.STATE, "head_best", guard=guard)
     published = tmp_path / "head_best.keras"
     epoch_state = state.EpochState(tmp_path, progress, best, guard, published)
-    model.fit(x, y, batch_size=8, epochs=20, validation_data=(x, y), callbacks=[guard, best, epoch_state], verbose=0)
-    assert guard.reason is not None
+    callbacks = [PoisonAtEpoch(2), guard, best, epoch_state]
+    model.fit(x, y, batch_size=8, epochs=20, validation_data=(x, y), callbacks=callbacks, verbose=0)
     saved = state.Progress.load(tmp_path)
-    assert saved.stopped == guard.reason and saved.epochs_done < 20
-    stored = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    assert guard.reason == "loss became nan"
+    assert saved.stopped == guard.reason and saved.epochs_done == 3 and saved.best_file is not None
+    stored = tiny_classifier()
     stored.load_weights(tmp_path / state.STATE / saved.weights)
     assert all(np.isfinite(w).all() and np.array_equal(w, m) for w, m in zip(stored.get_weights(), model.get_weights()))
-    if saved.best_file:  # the best checkpoint is a clean epoch's, moved into place
-        assert published.is_file() and not (tmp_path / state.STATE / saved.best_file).exists()
+    # The best checkpoint is a clean epoch's, moved into place, and it is the weights kept.
+    assert int(saved.best_file.rsplit("-e", 1)[1].split(".")[0]) in (1, 2)
+    assert published.is_file() and not list((tmp_path / state.STATE).glob("*.keras"))
+    checkpoint = keras.saving.load_model(published)
+    assert all(np.array_equal(w, m) for w, m in zip(checkpoint.get_weights(), model.get_weights()))
+
+
+def test_a_phase_stopped_for_divergence_stays_over_on_resume(tmp_path, monkeypatch):
+    model = tiny_classifier()
+    progress = state.Progress("head", epochs_done=2, history=[
+        {"phase": "head", "epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0},
+        {"phase": "head", "epoch": 2, "val_accuracy": 0.9, "val_loss": float("nan")},  # validated diverged
+    ], stopped="loss became nan")
+    monkeypatch.setattr(model, "fit", lambda *a, **k: pytest.fail("a stopped phase was trained again"))
+    result = _fit_phase("head", model, None, None, make_config(), tmp_path, lambda phase: [],
+                        epochs=5, initial_epoch=0, lr=0.1, decay=0.0, resume=progress)
+    assert result.stopped_because == "loss became nan" and result.epochs_run == 2
+    assert (result.best_epoch, result.best_val_accuracy) == (1, 0.5)  # never the diverged epoch
+
+
+def test_a_run_whose_both_phases_diverge_at_once_still_finishes(tmp_path):
+    folder = make_image_folder(tmp_path / "flowers", per_class=10)
+    args = ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet", "--image-size", "32",
+            "--batch-size", "4", "--epochs-head", "1", "--epochs-finetune", "1", "--lr-head", "1e38",
+            "--lr-finetune", "1e30", "--run-dir", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_phase"] is None and metrics["best_checkpoint"] == "checkpoints/final.keras"
+    assert [w.split(":")[0] for w in metrics["warnings"]] == ["head phase stopped early", "finetune phase stopped early"]
+    final = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "final.keras")
+    assert all(np.isfinite(w).all() for w in final.get_weights())  # the starting weights, restored

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowerft.backbones import BACKBONES
-from flowerft.config import DEFAULTS, given_values, make_config
+from flowerft.config import DEFAULTS, Config, given_values
 from flowerft.errors import FlowerftError, Interrupted
 
 app = typer.Typer(
@@ -103,7 +103,8 @@ def train(
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None,
     )
     try:
-        config = make_config(config_file, **options)
+        given = given_values(config_file, **options)  # the YAML file is read once
+        config = Config(**given)
         import_tensorflow_quietly()
         from flowerft import train as training
         from flowerft.progress import RichProgress, make_progress
@@ -116,7 +117,7 @@ def train(
                 resume=resume,
                 overwrite=overwrite,
                 # A resumed run keeps its own options; those given now must agree with them.
-                given=given_values(config_file, **options) if resume else None,
+                given=given if resume else None,
             )
     except Interrupted as e:
         fail(str(e), code=130)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowerft.backbones import BACKBONES
-from flowerft.config import DEFAULTS, Config, given_values
+from flowerft.config import DEFAULTS, RECIPES, given_values, resolve
 from flowerft.errors import FlowerftError, Interrupted
 
 app = typer.Typer(
@@ -30,10 +30,13 @@ err_console = Console(stderr=True)
 
 
 def default(key: str) -> str:
-    """The help text's default, read from the one place defaults live."""
-    value = DEFAULTS[key]
-    shown = "runs/<timestamp>" if key == "run_dir" else "off" if value is None else value
-    return f" (default: {shown})."
+    """The help text's default, read from the one place defaults live (and the book's, if other)."""
+    def shown(value):
+        return "runs/<timestamp>" if key == "run_dir" else "off" if value is None else value
+
+    book = RECIPES["book"].get(key, DEFAULTS[key])
+    other = f"; --recipe book: {shown(book)}" if book != DEFAULTS[key] else ""
+    return f" (default: {shown(DEFAULTS[key])}{other})."
 
 
 @app.callback()
@@ -78,15 +81,21 @@ def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides (see configs/).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Image folder with one subfolder per class, for offline use (default: TFDS tf_flowers).")] = None,
     tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
     weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file" + default("weights"))] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}" + default("backbone"))] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size" + default("image_size"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per training step" + default("batch_size"))] = None,
     epochs_head: Annotated[Optional[int], typer.Option(help="Epochs training the new head on the frozen base" + default("epochs_head"))] = None,
     epochs_finetune: Annotated[Optional[int], typer.Option(help="Epochs fine-tuning the unfrozen base" + default("epochs_finetune"))] = None,
-    lr_head: Annotated[Optional[float], typer.Option(help="Head-phase learning rate, decayed per step" + default("lr_head"))] = None,
-    lr_finetune: Annotated[Optional[float], typer.Option(help="Fine-tune learning rate, decayed per step" + default("lr_finetune"))] = None,
-    clipnorm: Annotated[Optional[float], typer.Option(help="Clip each gradient to this norm; 1 stabilises fine-tuning" + default("clipnorm"))] = None,
+    lr_head: Annotated[Optional[float], typer.Option(help="Head-phase learning rate (the schedule's peak)" + default("lr_head"))] = None,
+    lr_finetune: Annotated[Optional[float], typer.Option(help="Fine-tune learning rate (the schedule's peak)" + default("lr_finetune"))] = None,
+    clipnorm: Annotated[Optional[float], typer.Option(help="Clip each gradient to this norm; 0 turns clipping off" + default("clipnorm"))] = None,
+    augment: Annotated[Optional[bool], typer.Option(
+        "--augment/--no-augment",
+        help="Randomly flip images left-right, rotate them up to 18 degrees and zoom them by up to 10% in the "
+        "training pipeline (Keras preprocessing layers; never in the saved model, so evaluate and predict see "
+        "plain images). Turns off the head phase's cached features" + default("augment"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the split, shuffling and initialisation" + default("seed"))] = None,
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
     mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32.")] = False,
@@ -96,15 +105,15 @@ def train(
 ) -> None:
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
     options = dict(
-        data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
+        recipe=recipe, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
         image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
-        lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, seed=seed, run_dir=run_dir,
+        lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
         # A switch left off keeps whatever the YAML file says.
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None,
     )
     try:
         given = given_values(config_file, **options)  # the YAML file is read once
-        config = Config(**given)
+        config = resolve(given)
         import_tensorflow_quietly()
         from flowerft import train as training
         from flowerft.progress import RichProgress, make_progress

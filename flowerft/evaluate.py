@@ -66,6 +66,17 @@ def predict_dataset(model: keras.Model, ds) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
+def predict_split(
+    run_dir: Path, model_path: Path, split: str, config: Config | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A model's probabilities on a run's recorded split, its true labels, and the class names."""
+    config = config or load_run_config(run_dir)
+    model = load_model(model_path)
+    splits = sources.load_recorded(run_dir, config, (split,))
+    probabilities, labels = predict_dataset(model, data.pipeline(splits, split, config))
+    return probabilities, labels, splits.class_names
+
+
 def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Loss, accuracy, top-2 accuracy, per-class precision/recall/F1 and the confusion matrix."""
     n = len(class_names)
@@ -123,17 +134,15 @@ def run(run_dir: str | Path | None = None, checkpoint: str = "best", split: str 
     path = rundir.find_run(run_dir)
     config = load_run_config(path)
     model_path = checkpoint_path(path, checkpoint)
-    model = load_model(model_path)
-    splits = sources.load_recorded(path, config, (split,))
-    probabilities, labels = predict_dataset(model, data.pipeline(splits, split, config))
+    probabilities, labels, class_names = predict_split(path, model_path, split, config)
     result = {
         "run_dir": str(path),
         "checkpoint": str(model_path.relative_to(path)),
         "split": split,
-        **report(probabilities, labels, splits.class_names),
+        **report(probabilities, labels, class_names),
     }
     json_name, png_name = output_names(split, checkpoint)
     rundir.write_json(path / json_name, result)
-    plot_confusion_matrix(result["confusion_matrix"], splits.class_names, path / png_name,
+    plot_confusion_matrix(result["confusion_matrix"], class_names, path / png_name,
                           f"{path.name}: {split} split, {checkpoint} checkpoint")
     return result

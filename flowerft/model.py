@@ -137,19 +137,57 @@ def unfreeze_base(base: keras.Model) -> None:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
 
 
+def learning_rate_schedule(
+    schedule: str, lr: float, *, decay: float = 0.0, steps: int | None = None, warmup_steps: int = 0
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The per-step learning rate of one phase of `steps` optimizer steps.
+
+    "inverse_time" is the book's `SGD(lr=..., decay=...)`, lr / (1 + decay * step), which Keras 3
+    spells InverseTimeDecay(lr, decay_steps=1, decay_rate=decay). "cosine" climbs linearly from 0
+    to lr over `warmup_steps`, then falls along a half cosine to 0 at step `steps`.
+    """
+    if schedule == "inverse_time":
+        return keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=decay)
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule {schedule!r}")
+    if not steps:
+        raise ValueError("a cosine schedule needs the phase's number of steps")
+    warmup_steps = min(warmup_steps, steps - 1)
+    if warmup_steps <= 0:
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
+    # Keras's warm-up goes from initial_learning_rate to warmup_target, then decays over decay_steps.
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps - warmup_steps, warmup_target=lr, warmup_steps=warmup_steps
+    )
+
+
 def compile_for_phase(
-    model: keras.Model, *, lr: float, decay: float, momentum: float, clipnorm: float | None, jit_compile: bool = False
+    model: keras.Model,
+    *,
+    lr: float,
+    decay: float,
+    momentum: float,
+    clipnorm: float | None,
+    schedule: str = "inverse_time",
+    steps: int | None = None,
+    warmup_steps: int = 0,
+    label_smoothing: float = 0.0,
+    jit_compile: bool = False,
 ) -> None:
     """A fresh SGD for this phase: after `trainable` changes, Keras needs a recompile.
 
-    The book's `SGD(lr=..., decay=...)` decayed the rate per step as lr / (1 + decay * step);
-    Keras 3 spells that InverseTimeDecay(lr, decay_steps=1, decay_rate=decay).
+    With `label_smoothing` the loss takes one-hot labels (Keras's sparse cross-entropy has no
+    smoothing): the phase's datasets must then yield them (see one_hot_labels).
     """
-    schedule = keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=decay)
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, clipnorm=clipnorm)
+    rate = learning_rate_schedule(schedule, lr, decay=decay, steps=steps, warmup_steps=warmup_steps)
+    optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=momentum, clipnorm=clipnorm or None)
+    if label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
     model.compile(
         optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=["accuracy"],  # Keras picks sparse or one-hot accuracy from the labels' shape
         jit_compile=jit_compile,  # Keras's "auto" would turn XLA on for GPUs; we keep it a choice
     )

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from flowerft.config import DEFAULTS, Config
+
 
 @dataclass
 class PhaseResult:
@@ -45,21 +47,47 @@ def _number(value, default=-math.inf) -> float:
     return default if value is None or not math.isfinite(value) else float(value)
 
 
-def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str) -> dict[str, Any]:
-    """metrics.json: per phase, which checkpoint is best over both, and any warnings."""
+def remedies(phase: str, config: Config | None) -> str:
+    """What to change when `phase` diverges or fine-tuning falls below the head, naming the settings."""
+    if config is None:
+        return "--clipnorm 1, a lower --lr-head or a lower --lr-finetune"
+    if phase == "head":
+        steps = [f"a lower --lr-head (this run: {config.lr_head:g})"]
+    else:
+        steps = [f"a lower --lr-finetune (this run: {config.lr_finetune:g})"]
+        if not config.clipnorm:
+            steps.append("--clipnorm 1")
+        if config.schedule == "cosine" and not config.warmup_epochs:
+            steps.append("warmup_epochs: 1 in a --config file")
+        if config.lr_head > DEFAULTS["lr_head"]:
+            steps.append(f"a lower --lr-head (this run: {config.lr_head:g}; a head trained fast is "
+                         "overconfident and makes fine-tuning's first steps large)")
+    if config.recipe != DEFAULTS["recipe"]:
+        steps.append(f"the default recipe (--recipe {DEFAULTS['recipe']}) instead of {config.recipe}")
+    return ", ".join(steps[:-1]) + (" or " if len(steps) > 1 else "") + steps[-1]
+
+
+def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str, config: Config | None = None) -> dict[str, Any]:
+    """metrics.json: per phase, which checkpoint is best over both, and any warnings.
+
+    Given the run's `config`, the warnings name the settings to change and their values.
+    """
     candidates = [p for p in (head, finetune) if p.checkpoint and p.best_val_accuracy is not None]
     # Fine-tuning must beat the head to replace it: on a tie the simpler model wins.
     best = max(candidates, key=lambda p: (p.best_val_accuracy, p is head), default=None)
     warnings = []
     for p in (head, finetune):
         if p.stopped_because:
-            warnings.append(f"{p.phase} phase stopped early: {p.stopped_because}; its best weights were restored")
+            warnings.append(
+                f"{p.phase} phase stopped early: {p.stopped_because}; its best weights were restored. "
+                f"To train it stably: {remedies(p.phase, config)}"
+            )
     if head.best_val_accuracy is not None and finetune.last_val_accuracy is not None \
             and finetune.last_val_accuracy < head.best_val_accuracy:
         warnings.append(
             f"fine-tuning ended at {finetune.last_val_accuracy:.1%} validation accuracy, below the head "
             f"phase's best {head.best_val_accuracy:.1%}; evaluate and predict use the best checkpoint "
-            f"({best.checkpoint if best else final_checkpoint}). Remedies: --clipnorm 1, a lower --lr-head or a lower --lr-finetune"
+            f"({best.checkpoint if best else final_checkpoint}). Remedies: {remedies(finetune.phase, config)}"
         )
     return {
         "phases": {p.phase: {k: v for k, v in asdict(p).items() if k != "history"} for p in (head, finetune)},

@@ -93,27 +93,33 @@ def fine_tune(
     BatchNormalization layers stay frozen (see model.unfreeze_base for why).
     """
     unfreeze_base(base)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch(train_ds)) if config.epochs_finetune else 0
     return _fit_phase(
         FINETUNE, model, train_ds, valid_ds, config, run_dir, extra,
         epochs=config.epochs_finetune, initial_epoch=config.epochs_head,
-        lr=config.lr_finetune, decay=config.decay_finetune, resume=resume, head=asdict(head),
+        lr=config.lr_finetune, decay=config.decay_finetune, warmup_steps=warmup_steps, resume=resume, head=asdict(head),
     )
 
 
 def _fit_phase(
     phase, model, train_ds, valid_ds, config, run_dir, extra,
-    *, epochs, initial_epoch, lr, decay, save=None, resume=None, head=None,
+    *, epochs, initial_epoch, lr, decay, warmup_steps=0, save=None, resume=None, head=None,
 ) -> PhaseResult:
     """Fit `model` for a phase (or what is left of it); checkpoints hold `save` (default `model`)."""
     result = PhaseResult(phase=phase, epochs_planned=epochs)
     if epochs == 0:
         return result
+    steps = epochs * steps_per_epoch(train_ds) if config.schedule == "cosine" else None
     # Recompile after changing `trainable`, with a new optimizer: the old one's momentum
     # belongs to other variables and another learning rate.
     with tf.distribute.get_strategy().scope():
         compile_for_phase(
-            model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm, jit_compile=config.jit_compile
+            model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm,
+            schedule=config.schedule, steps=steps, warmup_steps=warmup_steps,
+            label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
         )
+    if config.label_smoothing:  # the smoothed loss takes one-hot labels
+        train_ds, valid_ds = (one_hot_labels(ds, model.output_shape[-1]) for ds in (train_ds, valid_ds))
     progress = resume or Progress(phase, head=head)
     checkpoint = Path(rundir.CHECKPOINTS) / f"{phase}_best.keras"
     if resume:
@@ -142,6 +148,17 @@ def _fit_phase(
     if (run_dir / checkpoint).exists():
         result.checkpoint = checkpoint.as_posix()
     return result
+
+
+def steps_per_epoch(ds: tf.data.Dataset) -> int:
+    steps = int(ds.cardinality())
+    if steps < 1:  # our pipelines come from finite, counted sources; anything else is a bug
+        raise FlowerftError(f"the training data has no known number of batches ({steps})")
+    return steps
+
+
+def one_hot_labels(ds: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
+    return ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def precision_policy(config: Config) -> str:
@@ -227,7 +244,7 @@ def run(
         notify(f"resuming {run_dir} from {where}")
     else:
         start_run_dir(run_dir, config, splits, model, overwrite)
-        notify(f"run dir: {run_dir}")
+        notify(f"run dir: {run_dir}; recipe: {config.recipe}")
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
     cache_dir = run_dir / "cache"
@@ -259,10 +276,11 @@ def run(
 
     final = (Path(rundir.CHECKPOINTS) / "final.keras").as_posix()
     state.save_model_atomic(model, run_dir / final)
-    metrics = summarize(head, finetune, final)
+    metrics = summarize(head, finetune, final, config)
     metrics["class_names"] = splits.class_names
     metrics["precision_policy"] = precision_policy(config)
     metrics["cache"] = cache
+    metrics["recipe"] = config.recipe
     rundir.write_json(run_dir / "history.json", head.history + finetune.history)
     rundir.write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / state.STATE, ignore_errors=True)  # finished: nothing left to resume

@@ -33,7 +33,7 @@ def captured(monkeypatch, tmp_path):
     return seen
 
 
-def test_train_without_arguments_uses_the_books_defaults(captured):
+def test_train_without_arguments_uses_the_default_recipe(captured):
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 0, result.output
     assert captured["config"] == Config()
@@ -83,7 +83,18 @@ def test_help_lists_every_option_with_its_default():
                    "--batch-size", "--epochs-head", "--epochs-finetune", "--lr-head", "--lr-finetune",
                    "--clipnorm", "--seed", "--run-dir"):
         assert option in result.output
-    assert "(default: 0.2)" in result.output
+    assert "--recipe" in result.output and "--augment" in result.output
+    assert "(default: 0.02; --recipe book: 0.2)" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_recipe_and_augment_flags(captured, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("augment: true\nlr_head: 0.1\n")
+    assert runner.invoke(app, ["train", "--recipe", "book", "--config", str(path), "--no-augment"]).exit_code == 0
+    c = captured["config"]
+    assert (c.recipe, c.lr_head, c.lr_finetune, c.clipnorm, c.augment) == ("book", 0.1, 0.01, None, False)
+    assert runner.invoke(app, ["train", "--augment"]).exit_code == 0
+    assert captured["config"].augment and captured["config"].recipe == "flowerft"
 
 
 def error_of(args):
@@ -96,6 +107,7 @@ def error_of(args):
         (["--epochs-head", "-1"], "epochs_head: must be 0 or more"),
         (["--image-size", "32"], "image_size: must be at least 71"),
         (["--backbone", "vgg99"], "backbone: unknown backbone 'vgg99'"),
+        (["--recipe", "geron"], "recipe: must be one of flowerft, book, got 'geron'"),
         (["--weights", "/no/such/file.h5"], "weights: /no/such/file.h5 is neither"),
         (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
         (["--data-dir", "/no/such/dir", "--weights", "none"], "data dir /no/such/dir does not exist"),

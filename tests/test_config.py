@@ -3,19 +3,43 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowerft.config import DEFAULTS, Config, make_config, to_dict
+from flowerft.config import DEFAULTS, RECIPES, Config, make_config, to_dict
 from flowerft.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_defaults_are_the_books_recipe():
+def test_defaults_are_the_flowerft_recipe():
     c = Config()
+    assert c.recipe == "flowerft" and RECIPES["flowerft"] == {}  # the dataclass is the default recipe
     assert (c.backbone, c.weights, c.image_size, c.batch_size, c.shuffle_buffer) == ("xception", "imagenet", 224, 32, 1000)
+    assert (c.epochs_head, c.epochs_finetune, c.momentum) == (5, 10, 0.9)
+    assert (c.lr_head, c.lr_finetune, c.schedule, c.warmup_epochs) == (0.02, 0.001, "cosine", 1.0)
+    assert (c.label_smoothing, c.clipnorm) == (0.1, 1.0)
+    assert (c.test_percent, c.valid_percent, c.tfds_name) == (10, 15, "tf_flowers:3.0.1")
+
+
+def test_the_book_recipe_is_gerons_values():
+    c = make_config(recipe="book")
+    assert c.recipe == "book"
     assert (c.epochs_head, c.lr_head, c.decay_head) == (5, 0.2, 0.01)
     assert (c.epochs_finetune, c.lr_finetune, c.decay_finetune, c.momentum) == (10, 0.01, 0.001, 0.9)
-    assert (c.test_percent, c.valid_percent, c.tfds_name) == (10, 15, "tf_flowers:3.0.1")
-    assert c.clipnorm is None
+    assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.clipnorm) == ("inverse_time", 0.0, 0.0, None)
+
+
+def test_a_recipe_sits_between_the_defaults_and_the_yaml_file_and_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: book\nlr_finetune: 0.002\n")
+    c = make_config(path, clipnorm=1.0)
+    assert (c.recipe, c.lr_head, c.lr_finetune, c.clipnorm) == ("book", 0.2, 0.002, 1.0)
+    # A flag names another recipe: the file's own values still override it.
+    c = make_config(path, recipe="flowerft")
+    assert (c.recipe, c.lr_head, c.lr_finetune, c.schedule) == ("flowerft", 0.02, 0.002, "cosine")
+
+
+def test_an_unknown_recipe_names_the_known_ones():
+    with pytest.raises(ConfigError, match="recipe: must be one of flowerft, book, got 'geron'"):
+        make_config(recipe="geron")
 
 
 def test_default_yaml_restates_the_defaults_and_names_its_command():
@@ -24,6 +48,16 @@ def test_default_yaml_restates_the_defaults_and_names_its_command():
     values = yaml.safe_load(path.read_text())
     assert values and all(DEFAULTS[k] == v for k, v in values.items())
     assert make_config(path) == Config()
+
+
+def test_book_yaml_restates_the_book_recipe():
+    path = REPO / "configs" / "book.yaml"
+    assert path.read_text().startswith("# flowerft train --config configs/book.yaml")
+    values = yaml.safe_load(path.read_text())
+    book = make_config(recipe="book")
+    assert values["recipe"] == "book" and all(getattr(book, k) == v for k, v in values.items())
+    assert set(RECIPES["book"]) <= set(values)  # every value the recipe sets is spelled out
+    assert make_config(path) == book
 
 
 def test_every_shipped_config_loads():
@@ -35,7 +69,7 @@ def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs_head: 2\nlr_head: 0.05\nbackbone: mobilenet\n")
     c = make_config(path, epochs_head=7, lr_finetune=None)
-    assert (c.epochs_head, c.lr_head, c.backbone, c.lr_finetune) == (7, 0.05, "mobilenet", 0.01)
+    assert (c.epochs_head, c.lr_head, c.backbone, c.lr_finetune) == (7, 0.05, "mobilenet", DEFAULTS["lr_finetune"])
 
 
 def test_ints_are_accepted_for_floats_and_stored_as_floats():
@@ -68,6 +102,10 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         ({"test_percent": 50, "valid_percent": 50}, "valid_percent"),
         ({"cache": "disk"}, "cache"),
         ({"augment": "yes"}, "augment"),
+        ({"recipe": ["book"]}, "recipe"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
     ],
 )
 def test_bad_values_name_the_key(values, key):

@@ -9,7 +9,9 @@ import pytest
 from flowerft.callbacks import DivergenceGuard
 from flowerft.config import make_config
 from flowerft.errors import ConfigError, OfflineError
-from flowerft.model import all_layers, build_model, compile_for_phase, freeze_base, make_base, unfreeze_base
+from flowerft.model import (
+    all_layers, build_model, compile_for_phase, freeze_base, learning_rate_schedule, make_base, unfreeze_base,
+)
 from flowerft.backbones import get_backbone
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 71, 71, 3)).astype("float32")
@@ -106,6 +108,34 @@ def test_optimizer_decays_per_step_like_the_books_decay():
     schedule = model.optimizer.learning_rate if callable(model.optimizer.learning_rate) else model.optimizer._learning_rate
     assert float(schedule(100)) == pytest.approx(0.2 / (1 + 0.01 * 100))
     assert model.optimizer.momentum == 0.9 and not model.optimizer.weight_decay
+
+
+def test_cosine_schedule_warms_up_from_zero_then_falls_to_zero():
+    schedule = learning_rate_schedule("cosine", 0.001, steps=100, warmup_steps=10)
+    rates = [float(schedule(step)) for step in range(101)]
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(0.0005) and rates[10] == pytest.approx(0.001)
+    assert all(a <= b for a, b in zip(rates[:10], rates[1:11]))  # climbs during the warm-up
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))  # then only falls
+    assert rates[55] == pytest.approx(0.0005, rel=1e-3) and rates[100] == pytest.approx(0.0, abs=1e-9)
+    plain = learning_rate_schedule("cosine", 0.02, steps=50)
+    assert float(plain(0)) == pytest.approx(0.02) and float(plain(50)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_label_smoothing_trains_on_one_hot_targets_and_reports_accuracy():
+    from flowerft.train import one_hot_labels
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    compile_for_phase(model, lr=0.1, decay=0.0, momentum=0.9, clipnorm=1.0, schedule="cosine", steps=40,
+                      warmup_steps=4, label_smoothing=0.3)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = np.argmax(x[:, :3], axis=1)
+    ds = one_hot_labels(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), 3)
+    history = model.fit(ds, epochs=10, verbose=0)
+    assert history.history["accuracy"][-1] > 0.9
+    # Smoothed targets hold the confidence near 1 - 0.3 + 0.1: hard targets would push it to 1.
+    assert model.predict(x, verbose=0).max(axis=1).mean() < 0.85
 
 
 def test_a_weights_file_for_another_architecture_is_a_clear_error(tmp_path):

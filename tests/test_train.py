@@ -26,7 +26,7 @@ def test_train_writes_every_artifact(trained_run):
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["image_size"] == 71 and config["weights"] == "none" and config["epochs_head"] == 1
-    assert make_config(**config).lr_head == 0.2  # the saved config is complete and valid
+    assert config["recipe"] == "flowerft" and make_config(**config).lr_head == 0.02  # complete and valid
     assert json.loads((run / "class_names.json").read_text()) == ["daisy", "dandelion", "roses"]
     splits = json.loads((run / "splits.json").read_text())
     assert {k: len(v) for k, v in splits.items()} == {"train": 27, "valid": 6, "test": 3}
@@ -85,6 +85,17 @@ def test_fine_tuning_that_falls_below_the_head_is_reported_with_remedies():
     text = " ".join(m["warnings"])
     assert "stopped early: loss became nan" in text
     assert "below the head phase's best 75.0%" in text and "--clipnorm 1" in text and "--lr-finetune" in text
+
+
+def test_a_diverged_phase_names_the_recipe_settings_to_change():
+    head, finetune = phase("head", 0.75, 0.7), phase("finetune", 0.5, 0.2, stopped="loss became nan")
+    book = make_config(recipe="book")
+    text = " ".join(summarize(head, finetune, "f.keras", book)["warnings"])
+    assert "a lower --lr-finetune (this run: 0.01)" in text and "--clipnorm 1" in text
+    assert "a lower --lr-head (this run: 0.2;" in text and "--recipe flowerft" in text
+    text = " ".join(summarize(phase("head", 0.5, 0.2, stopped="loss became inf"), finetune, "f.keras", make_config())["warnings"])
+    assert "To train it stably: a lower --lr-head (this run: 0.02)" in text
+    assert "--clipnorm" not in text and "--recipe" not in text  # the default already clips
 
 
 def test_zero_epochs_everywhere_falls_back_to_the_final_model():

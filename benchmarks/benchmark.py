@@ -78,7 +78,7 @@ def head_phase(config, run_dir):
         train_ds = data.pipeline(splits, "train", training=True, **pipe)
         valid_ds = data.pipeline(splits, "valid", **pipe)
         unshuffled = data.pipeline(splits, "train", **pipe)
-        train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda p: [], unshuffled_train_ds=unshuffled)
+        train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [], unshuffled_train_ds=unshuffled)
         return time.perf_counter() - start
 
     def plain_fit():

@@ -116,13 +116,13 @@ def train(
         config = resolve(given)
         import_tensorflow_quietly()
         from flowerft import train as training
-        from flowerft.progress import RichProgress, make_progress
+        from flowerft.progress import training_display
 
-        with make_progress(console) as progress:
+        with training_display(console) as display:
             result = training.run(
                 config,
-                callbacks=lambda phase: [RichProgress(progress, phase)],
-                notify=lambda message: progress.console.print(message, highlight=False, soft_wrap=True),
+                callbacks=display.callbacks,
+                notify=display.notify,
                 resume=resume,
                 overwrite=overwrite,
                 # A resumed run keeps its own options; those given now must agree with them.
@@ -136,7 +136,7 @@ def train(
         fail("interrupted", code=130)
     console.print(phase_table(result.metrics))
     for warning in result.metrics["warnings"]:
-        console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
+        console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
     console.print(f"Best model: {result.run_dir / result.metrics['best_checkpoint']}", highlight=False, soft_wrap=True)
 
 
@@ -238,16 +238,18 @@ def _num(value) -> str:
 
 
 def phase_table(metrics: dict) -> Table:
+    """Per phase: its best epoch with that epoch's validation accuracy and loss, and its last epoch."""
     table = Table(title="Training summary")
-    for column in ("phase", "epochs", "best val acc", "best val loss", "last val acc", "last val loss", "time"):
+    for column in ("phase", "epochs", "best epoch", "val acc", "val loss", "last val acc", "last val loss", "time"):
         table.add_column(column, justify="left" if column == "phase" else "right")
     for name, p in metrics["phases"].items():
         star = " *" if name == metrics["best_phase"] else ""
         table.add_row(
-            name + star, f"{p['epochs_run']}/{p['epochs_planned']}", _pct(p["best_val_accuracy"]),
-            _num(p["best_val_loss"]), _pct(p["last_val_accuracy"]), _num(p["last_val_loss"]),
-            f"{p['wall_time_s']:.0f} s",
+            name + star, f"{p['epochs_run']}/{p['epochs_planned']}", str(p["best_epoch"] or "-"),
+            _pct(p["best_val_accuracy"]), _num(p.get("best_epoch_val_loss")), _pct(p["last_val_accuracy"]),
+            _num(p["last_val_loss"]), f"{p['wall_time_s']:.0f} s",
         )
+    table.caption = "best epoch: highest validation accuracy (counted over both phases); * the phase of the best model"
     return table
 
 

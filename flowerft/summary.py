@@ -16,7 +16,8 @@ class PhaseResult:
     epochs_run: int = 0
     best_epoch: int | None = None  # 1-based, counted over both phases like TensorBoard's x axis
     best_val_accuracy: float | None = None
-    best_val_loss: float | None = None
+    best_epoch_val_loss: float | None = None  # validation loss of the best epoch
+    best_val_loss: float | None = None  # the phase's lowest validation loss, whichever epoch had it
     last_val_accuracy: float | None = None
     last_val_loss: float | None = None
     wall_time_s: float = 0.0
@@ -37,6 +38,7 @@ class PhaseResult:
             best = max(clean, key=lambda r: _number(r.get("val_accuracy")))
             self.best_epoch = best["epoch"]
             self.best_val_accuracy = best.get("val_accuracy")
+            self.best_epoch_val_loss = best.get("val_loss")
             self.best_val_loss = min(_number(r.get("val_loss"), math.inf) for r in clean)
         if rows:
             self.last_val_accuracy = rows[-1].get("val_accuracy")

@@ -8,6 +8,7 @@ was killed or interrupted from its last finished epoch (see flowerft/state.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -26,8 +27,9 @@ from flowerft.state import Progress
 from flowerft.summary import PhaseResult, summarize
 
 HEAD, FINETUNE = "head", "finetune"
-# Builds extra callbacks for a phase (the CLI's progress bars); gets the phase name.
-CallbackFactory = Callable[[str], list[keras.callbacks.Callback]]
+# Builds extra callbacks for a phase (the CLI's progress display); gets the phase name and the
+# run's config (a resumed run's own, which may differ from what the command line built).
+CallbackFactory = Callable[[str, Config], list[keras.callbacks.Callback]]
 
 
 @dataclasses.dataclass
@@ -129,7 +131,7 @@ def _fit_phase(
     guard = DivergenceGuard(config.divergence_factor)
     best = BestCheckpoint(save or model, run_dir / state.STATE, f"{phase}_best", best=progress.best_val_accuracy, guard=guard)
     epoch_state = state.EpochState(run_dir, progress, best, guard, published=run_dir / checkpoint)
-    callbacks = [guard, best, epoch_state, *extra(phase)]  # in this order: see EpochState
+    callbacks = [guard, best, epoch_state, *extra(phase, config)]  # in this order: see EpochState
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
     if progress.epochs_done < epochs and not progress.stopped:  # a diverged phase stays over
@@ -159,6 +161,13 @@ def steps_per_epoch(ds: tf.data.Dataset) -> int:
 
 def one_hot_labels(ds: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
     return ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def devices() -> str:
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}"
+    return f"CPU ({os.cpu_count()} cores)"
 
 
 def precision_policy(config: Config) -> str:
@@ -195,7 +204,7 @@ def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | Non
 
 def run(
     config: Config,
-    callbacks: CallbackFactory = lambda phase: [],
+    callbacks: CallbackFactory = lambda phase, config: [],
     notify: Callable[[str], None] = lambda message: None,
     *,
     resume: bool = False,
@@ -244,9 +253,13 @@ def run(
         notify(f"resuming {run_dir} from {where}")
     else:
         start_run_dir(run_dir, config, splits, model, overwrite)
-        notify(f"run dir: {run_dir}; recipe: {config.recipe}")
+        notify(f"run dir: {run_dir}")
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
+    notify(
+        f"training on {devices()}: {precision_policy(config)}, cache {cache}, {config.backbone} at "
+        f"{config.image_size} px, batch {config.batch_size}, recipe {config.recipe}"
+    )
     cache_dir = run_dir / "cache"
     # A file cache that a killed run left half-written is locked; it would fail the pipeline.
     shutil.rmtree(cache_dir, ignore_errors=True)

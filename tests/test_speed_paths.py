@@ -81,7 +81,7 @@ def head_after_phase(folder, tmp_path, cached: bool):
     train_ds = data.pipeline(splits, "train", config, training=True, cache="none")
     valid_ds = data.pipeline(splits, "valid", config, cache="none")
     unshuffled = data.pipeline(splits, "train", config, cache="memory") if cached else None
-    result = train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase: [],
+    result = train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [],
                               unshuffled_train_ds=unshuffled)
     return model, result, run_dir
 

@@ -122,7 +122,7 @@ def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
             phases.append((self.name, epoch))
 
     with tfds.testing.mock_data(num_examples=8):
-        result = train.run(config, callbacks=lambda name: [Seen(name)])
+        result = train.run(config, callbacks=lambda name, config: [Seen(name)])
     assert phases == [("head", 0), ("finetune", 1)]
     assert json.loads((tmp_path / "run" / "class_names.json").read_text()) == [
         "dandelion", "daisy", "tulips", "sunflowers", "roses"]

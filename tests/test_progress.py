@@ -1,0 +1,136 @@
+"""The training display: what fits at 80 and 120 columns, plain lines in logs, the run's ETA."""
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from flowerft.cli import phase_table
+from flowerft.config import make_config
+from flowerft.progress import RunClock, training_display
+from flowerft.summary import PhaseResult, summarize
+
+TIME = re.compile(r"\d:\d\d:\d\d")
+
+
+class FakeTime:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_run_clock_waits_for_fine_tuning_before_giving_an_eta():
+    now = FakeTime()
+    clock = RunClock({"head": 2, "finetune": 3}, now=now)
+    clock.begin_epoch("head", 0, 10)
+    for _ in range(10):
+        now.t += 0.01
+        clock.end_step()
+    clock.end_epoch()
+    assert clock.eta() is None and "fine-tuning" in clock.waiting()
+    assert clock.summary().startswith("run 1/5 epochs, ETA once fine-tuning")
+    clock.begin_epoch("finetune", 0, 10)
+    for _ in range(4):  # the first step (tracing) is not timed; the next three take 2 s each
+        now.t += 2.0
+        clock.end_step()
+    # 6 steps left in this epoch and 2 more epochs of 10 steps, at 2 s a step
+    assert clock.eta() == pytest.approx(6 * 2 + 2 * 10 * 2)
+    assert clock.summary() == "run 2/5 epochs, ETA 0:00:52"
+    for _ in range(6):
+        now.t += 2.0
+        clock.end_step()
+    clock.end_epoch()  # the measured epoch (20 s) now sets the pace
+    assert clock.eta() == pytest.approx(2 * 20)
+    clock.begin_epoch("finetune", 1, 10)
+    assert clock.epochs_done == 3 and clock.eta() == pytest.approx(2 * 20)
+    clock.end_epoch()
+    clock.begin_epoch("finetune", 2, 10)
+    clock.end_epoch()
+    assert clock.eta() == 0 and clock.summary() == "run 5/5 epochs, ETA 0:00:00"
+
+
+def drive(display, phase, config, epoch, steps, done, logs):
+    """What Keras calls on the display's callback for `done` steps of absolute epoch `epoch`."""
+    (callback,) = display.callbacks(phase, config)
+    callback.set_params({"steps": steps, "epochs": epoch + 1})
+    callback.on_epoch_begin(epoch)
+    for _ in range(done):
+        callback.on_train_batch_end(0, logs)
+    return callback
+
+
+def rendered(display, width):
+    out = Console(width=width, force_terminal=True, record=True, file=io.StringIO())
+    out.print(display.progress.get_renderable())
+    return out.export_text().splitlines()
+
+
+LOGS = {"loss": 0.123456, "accuracy": 0.9375}
+FINAL = {"loss": 0.1, "accuracy": 0.95, "val_loss": 0.2, "val_accuracy": 0.9}
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_a_terminal_row_keeps_bar_steps_and_times_and_fits_the_width(width):
+    console = Console(width=width, force_terminal=True, file=io.StringIO())
+    config = make_config(epochs_head=5, epochs_finetune=10)
+    with training_display(console) as display:
+        callback = drive(display, "finetune", config, epoch=7, steps=82, done=15, logs=LOGS)
+        lines = rendered(display, width)
+    row = next(line for line in lines if line.startswith("finetune 3/10"))
+    assert "━" in row and "15/82" in row and len(TIME.findall(row)) == 2, row
+    assert all(len(line) <= width for line in lines), lines
+    assert "loss 0.123  acc 0.938" in row  # whole metrics only: at 80 columns, two fit
+    run = next(line for line in lines if line.startswith("run"))
+    assert "7/15" in run and "fine-tuning" not in run  # no ETA yet: not even fine-tuning has a speed
+    callback.on_epoch_end(7, FINAL)
+    row = next(line for line in rendered(display, width) if line.startswith("finetune 3/10"))
+    assert "15/82" in row and "val_acc 0.900" in row  # a finished epoch leads with its validation accuracy
+
+
+def test_narrow_terminals_drop_metrics_first():
+    console = Console(width=66, force_terminal=True, file=io.StringIO())
+    with training_display(console) as display:
+        drive(display, "head", make_config(epochs_head=2, epochs_finetune=1), epoch=0, steps=82, done=5, logs=LOGS)
+        row = next(line for line in rendered(display, 66) if line.startswith("head 1/2"))
+    assert "5/82" in row and len(TIME.findall(row)) == 2 and "loss" not in row
+
+
+def test_redirected_output_gets_one_whole_plain_line_per_epoch_at_once():
+    stream = io.StringIO()
+    console = Console(file=stream, width=80)  # not a terminal: a log file, a pipe, CI
+    config = make_config(epochs_head=1, epochs_finetune=3)
+    with training_display(console) as display:
+        assert display.progress is None
+        display.notify("run dir: runs/x")
+        callback = drive(display, "head", config, epoch=0, steps=4, done=4, logs=LOGS)
+        assert stream.getvalue() == "run dir: runs/x\n"  # nothing per step
+        callback.on_epoch_end(0, FINAL)
+        first = stream.getvalue().splitlines()[-1]  # written when the epoch ends, not at exit
+        callback = drive(display, "finetune", config, epoch=3, steps=4, done=4, logs=LOGS)
+        callback.on_epoch_end(3, FINAL)
+    text = stream.getvalue()
+    assert "\x1b" not in text and "\r" not in text
+    assert first.startswith("head 1/1  4/4 steps") and "val_acc 0.900  val_loss 0.200  acc 0.950  loss 0.100" in first
+    assert len(first) > 80  # not cut to a terminal's width
+    # A resumed run's third fine-tuning epoch is numbered as such (Keras's epoch index 3 = head 1 + 2).
+    assert text.splitlines()[-1].startswith("finetune 3/3  4/4 steps")
+
+
+def test_summary_row_shows_the_best_epoch_with_its_own_loss():
+    head = PhaseResult("head", 2)
+    head.add_history([
+        {"epoch": 1, "val_accuracy": 0.8, "val_loss": 0.5},
+        {"epoch": 2, "val_accuracy": 0.7, "val_loss": 0.3},
+    ])
+    assert (head.best_epoch, head.best_epoch_val_loss, head.best_val_loss) == (1, 0.5, 0.3)
+    metrics = summarize(head, PhaseResult("finetune", 0), "checkpoints/final.keras")
+    out = Console(width=120, record=True, file=io.StringIO())
+    out.print(phase_table(metrics))
+    row = next(line for line in out.export_text().splitlines() if "head" in line)
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    # phase, epochs, best epoch, its val acc, its val loss (not the phase's lowest), last val acc, last val loss
+    assert cells[:7] == ["head", "2/2", "1", "80.0%", "0.5000", "70.0%", "0.3000"]
+    assert metrics["phases"]["head"]["best_epoch_val_loss"] == 0.5

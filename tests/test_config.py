@@ -14,8 +14,8 @@ def test_defaults_are_the_flowerft_recipe():
     assert c.recipe == "flowerft" and RECIPES["flowerft"] == {}  # the dataclass is the default recipe
     assert (c.backbone, c.weights, c.image_size, c.batch_size, c.shuffle_buffer) == ("xception", "imagenet", 224, 32, 1000)
     assert (c.epochs_head, c.epochs_finetune, c.momentum) == (5, 10, 0.9)
-    assert (c.lr_head, c.lr_finetune, c.schedule, c.warmup_epochs) == (0.02, 0.001, "cosine", 1.0)
-    assert (c.label_smoothing, c.clipnorm) == (0.1, 1.0)
+    assert (c.lr_head, c.decay_head, c.lr_finetune, c.decay_finetune) == (0.02, 0.01, 0.001, 0.001)
+    assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.clipnorm) == ("inverse_time", 0.0, 0.0, 1.0)
     assert (c.test_percent, c.valid_percent, c.tfds_name) == (10, 15, "tf_flowers:3.0.1")
 
 
@@ -34,7 +34,7 @@ def test_a_recipe_sits_between_the_defaults_and_the_yaml_file_and_flags(tmp_path
     assert (c.recipe, c.lr_head, c.lr_finetune, c.clipnorm) == ("book", 0.2, 0.002, 1.0)
     # A flag names another recipe: the file's own values still override it.
     c = make_config(path, recipe="flowerft")
-    assert (c.recipe, c.lr_head, c.lr_finetune, c.schedule) == ("flowerft", 0.02, 0.002, "cosine")
+    assert (c.recipe, c.lr_head, c.lr_finetune, c.clipnorm) == ("flowerft", 0.02, 0.002, 1.0)
 
 
 def test_an_unknown_recipe_names_the_known_ones():

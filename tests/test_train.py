@@ -129,3 +129,24 @@ def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "splits.json").exists()
     assert result.metrics["phases"]["finetune"]["epochs_run"] == 1
     assert (tmp_path / "latest").read_text().strip() == "run"
+
+
+def test_cosine_warm_up_and_label_smoothing_run_end_to_end(tmp_path):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "flowers", per_class=8)
+    config = make_config(
+        data_dir=str(folder), backbone="mobilenet", weights="none", image_size=32, batch_size=4,
+        epochs_head=1, epochs_finetune=2, schedule="cosine", warmup_epochs=0.5, label_smoothing=0.1,
+        run_dir=str(tmp_path / "run"), tensorboard=False,
+    )
+    result = train.run(config)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert all(0 <= row["val_accuracy"] <= 1 for row in history)  # accuracy on one-hot labels
+    assert result.metrics["recipe"] == "flowerft"
+    # The saved fine-tuned model's optimizer ran the cosine schedule down to 0 over its 2 x 5 steps.
+    model = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "final.keras")
+    assert isinstance(model.loss, keras.losses.CategoricalCrossentropy) and model.loss.label_smoothing == 0.1
+    assert int(model.optimizer.iterations) == 10
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)

@@ -134,3 +134,33 @@ def test_summary_row_shows_the_best_epoch_with_its_own_loss():
     # phase, epochs, best epoch, its val acc, its val loss (not the phase's lowest), last val acc, last val loss
     assert cells[:7] == ["head", "2/2", "1", "80.0%", "0.5000", "70.0%", "0.3000"]
     assert metrics["phases"]["head"]["best_epoch_val_loss"] == 0.5
+
+
+def test_a_redirected_train_log_gets_each_epoch_as_it_ends(tmp_path):
+    """`flowerft train > log` (nohup, cluster logs): an epoch's line is there while training goes on."""
+    import subprocess
+    import sys
+
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "flowers", per_class=8)
+    # Xception: each fine-tuning epoch takes seconds (and saves 80 MB of state), so the two epochs
+    # left after the first line cannot both be over by the time the test looks.
+    args = [sys.executable, "-m", "flowerft", "train", "--data-dir", str(folder), "--weights", "none",
+            "--image-size", "71", "--batch-size", "4", "--epochs-head", "1", "--epochs-finetune", "3",
+            "--run-dir", str(tmp_path / "run")]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in child.stdout:
+        seen.append(line)
+        if line.startswith("finetune 1/3"):
+            break
+    running = child.poll() is None  # two fine-tuning epochs still to go
+    rest = child.stdout.read()
+    assert child.wait() == 0, "".join(seen) + rest
+    assert running, "the first fine-tuning epoch's line arrived only when the run ended"
+    text = "".join(seen) + rest
+    assert "\x1b" not in text and "\r" not in text
+    epochs = [line for line in text.splitlines() if line.startswith(("head ", "finetune "))]
+    assert [line.split("  ")[0] for line in epochs] == ["head 1/1", "finetune 1/3", "finetune 2/3", "finetune 3/3"]
+    assert all("val_acc" in line and "val_loss" in line and "| run " in line for line in epochs)

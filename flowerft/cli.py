@@ -5,6 +5,7 @@ TensorFlow is imported inside the commands, never at module level, so `--help` i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -49,28 +50,36 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and probe its devices with its C++ start-up chatter silenced.
-
-    TF 2.21 logs through absl before TF_CPP_MIN_LOG_LEVEL is read ("Could not find cuda
-    drivers", "failed call to cuInit"): noise for a CLI user, so stderr's file descriptor is
-    pointed at /dev/null for the import. Set TF_CPP_MIN_LOG_LEVEL=0 to see it.
-    """
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2") == "0":
-        import tensorflow  # noqa: F401
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Point stderr's file descriptor at /dev/null: C libraries (TensorFlow's logging, libjpeg)
+    write there directly, past Python. Set TF_CPP_MIN_LOG_LEVEL=0 to see what they say."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
         return
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and probe its devices with its C++ start-up chatter silenced.
+
+    TF 2.21 logs through absl before TF_CPP_MIN_LOG_LEVEL is read ("Could not find cuda
+    drivers", "failed call to cuInit"): noise for a CLI user.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. TFDS's "no dataset_info.json" before a download
@@ -146,21 +155,24 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="best (best validation accuracy over both phases) or final.")] = "best",
     split: Annotated[str, typer.Option(help="test or valid, as recorded by training.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout and nothing else.")] = False,
+    output: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json and the confusion-matrix PNG (default: the run dir).")] = None,
 ) -> None:
     """Evaluate a trained run: loss, accuracy, top-2, per-class report and confusion matrix."""
     try:
         import_tensorflow_quietly()
         from flowerft import evaluate as evaluation
 
-        report = evaluation.run(run_dir, checkpoint=checkpoint, split=split)
+        result = evaluation.run(run_dir, checkpoint=checkpoint, split=split, output=output)
     except FlowerftError as e:
         fail(str(e))
     except KeyboardInterrupt:  # nothing half-written: every file is renamed into place
         fail("interrupted", code=130)
     if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    show_evaluation(report, evaluation.output_names(split, checkpoint))
+        print(json.dumps(result.report, indent=2))
+    else:
+        show_evaluation(result.report, result.written)
+    if result.not_written:
+        err_console.print(f"[bold yellow]Warning:[/] {result.not_written}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -176,7 +188,10 @@ def predict(
         import_tensorflow_quietly()
         from flowerft import predict as prediction
 
-        predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint, k=top_k)
+        # A broken JPEG makes libjpeg and TensorFlow write to stderr themselves; each failure is
+        # reported below in one line of ours instead.
+        with native_stderr_silenced():
+            predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint, k=top_k)
     except FlowerftError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -184,7 +199,7 @@ def predict(
     if as_json:
         print(json.dumps([{"path": p.path, "top_k": p.top_k} for p in predictions], indent=2))
     elif predictions:
-        console.print(prediction_table(predictions, top_k))
+        console.print(prediction_table(predictions, max(len(p.top_k) for p in predictions)))
     for failure in failures:
         err_console.print(f"[bold red]Error:[/] {failure.message}", highlight=False, soft_wrap=True)
     if failures:
@@ -202,7 +217,7 @@ def prediction_table(predictions, k: int) -> Table:
     return table
 
 
-def show_evaluation(report: dict, files: tuple[str, ...]) -> None:
+def show_evaluation(report: dict, files: list[Path]) -> None:
     summary = Table(title=f"{report['run_dir']} ({report['checkpoint']}, {report['split']} split)")
     for column in ("images", "loss", "accuracy", "top-2 accuracy"):
         summary.add_column(column, justify="right")
@@ -226,7 +241,8 @@ def show_evaluation(report: dict, files: tuple[str, ...]) -> None:
     for name, row in zip(names, report["confusion_matrix"]):
         matrix.add_row(name, *map(str, row))
     console.print(matrix)
-    console.print("Written: " + ", ".join(str(Path(report["run_dir"]) / f) for f in files), highlight=False)
+    if files:
+        console.print("Written: " + ", ".join(map(str, files)), highlight=False, soft_wrap=True)
 
 
 def _pct(value) -> str:

@@ -180,13 +180,34 @@ def _check_values(c: Config) -> None:
     need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
 
 
+def _loader():
+    """yaml.SafeLoader, but reading 1e-3 as the number people mean (YAML 1.1 makes it text).
+
+    PyYAML follows YAML 1.1, whose floats need a dot (1.0e-3); learning rates are written 1e-3.
+    A subclass, so PyYAML's own SafeLoader is left as it is; like it, it runs no code.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file; plain data only (yaml.safe_load runs no code)."""
     import yaml  # not at the top: `flowerft --help` must stay instant
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_loader())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -224,6 +245,20 @@ def resolve(given: dict[str, Any]) -> Config:
 def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config:
     """Defaults, then the recipe's values, then the YAML file, then the overrides that are not None."""
     return resolve(given_values(yaml_path, **overrides))
+
+
+# Paths a run records: stored absolute, so the run works from any working directory.
+PATH_KEYS = ("data_dir", "tfds_data_dir", "weights")
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with its data folders and weights file as absolute paths (symlinks kept as given)."""
+    def absolute(key, value):
+        if key not in PATH_KEYS or not isinstance(value, str) or value in ("", "imagenet", "none"):
+            return value
+        return str(Path(value).expanduser().absolute())
+
+    return {key: absolute(key, value) for key, value in values.items()}
 
 
 def to_dict(config: Config) -> dict[str, Any]:

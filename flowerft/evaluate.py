@@ -6,6 +6,8 @@ Everything comes from the run directory: the config, the class names, the split'
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +114,22 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
 
     size = 2.5 + 0.8 * len(class_names)
     fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(ax=ax, colorbar=False, xticks_rotation=45)
-    ax.set_title(title)
-    fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        # Class names in scripts the installed fonts lack (CJK, say) are drawn as boxes: the
+        # numbers are what matters, so matplotlib's "Glyph ... missing" warnings are not shown.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing from")
+            ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(
+                ax=ax, colorbar=False, xticks_rotation=45
+            )
+            ax.set_title(title)
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def output_names(split: str, checkpoint: str) -> tuple[str, str]:
@@ -127,8 +138,21 @@ def output_names(split: str, checkpoint: str) -> tuple[str, str]:
     return f"evaluation{suffix}.json", f"confusion_matrix{suffix}.png"
 
 
-def run(run_dir: str | Path | None = None, checkpoint: str = "best", split: str = "test") -> dict[str, Any]:
-    """Evaluate a run; the report is also written to the run directory (see output_names)."""
+@dataclass
+class Evaluation:
+    report: dict[str, Any]
+    written: list[Path]  # the report's files, or nothing if they could not be written
+    not_written: str | None = None  # why not, and what to do
+
+
+def run(
+    run_dir: str | Path | None = None, checkpoint: str = "best", split: str = "test", output: str | Path | None = None
+) -> Evaluation:
+    """Evaluate a run and write the report beside it, or into `output` (see output_names).
+
+    A run folder that cannot be written to (shared, archived, read-only) still gets its report:
+    only the files are missing, and `not_written` says why and what to do.
+    """
     if split not in SPLITS:
         raise FlowerftError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = rundir.find_run(run_dir)
@@ -141,8 +165,15 @@ def run(run_dir: str | Path | None = None, checkpoint: str = "best", split: str 
         "split": split,
         **report(probabilities, labels, class_names),
     }
-    json_name, png_name = output_names(split, checkpoint)
-    rundir.write_json(path / json_name, result)
-    plot_confusion_matrix(result["confusion_matrix"], class_names, path / png_name,
-                          f"{path.name}: {split} split, {checkpoint} checkpoint")
-    return result
+    folder = Path(output) if output is not None else path
+    files = [folder / name for name in output_names(split, checkpoint)]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(files[0], result)
+        plot_confusion_matrix(result["confusion_matrix"], class_names, files[1],
+                              f"{path.name}: {split} split, {checkpoint} checkpoint")
+    except OSError as e:
+        reason = e.strerror or str(e)
+        where = "give --output DIR to write them elsewhere" if output is None else "give another --output"
+        return Evaluation(result, [], f"could not write {files[0].name} and {files[1].name} to {folder} ({reason}); {where}")
+    return Evaluation(result, files)

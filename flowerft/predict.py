@@ -63,6 +63,7 @@ def run(
     path = rundir.find_run(run_dir)
     config = load_run_config(path)
     class_names = rundir.read_json(path / "class_names.json")
+    k = min(k, len(class_names))  # no empty columns for classes that do not exist
     model = load_model(checkpoint_path(path, checkpoint))
     files, failures = expand_inputs(inputs)
 

@@ -10,7 +10,8 @@
     <run_dir>/state/               while training: what `--resume` needs (see flowerft/state.py)
     <run_dir>/tensorboard/         event files
 
-By default runs go to runs/<timestamp>, and runs/latest names the newest one started.
+By default runs go to runs/<timestamp>, and runs/latest names the newest one started
+(wherever its --run-dir is: the only file flowerft writes outside a run's folder).
 Every file is written under a temporary name and renamed into place.
 """
 
@@ -36,12 +37,21 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); a run's files follow the umask like any other
+        # (0644 usually), so colleagues on a shared server can read them.
+        os.chmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -128,15 +138,52 @@ def find_resumable(run_dir: str | Path | None, runs_root: str | Path) -> Path:
     return path
 
 
-def set_latest(run_dir: Path) -> None:
-    """Point <parent>/latest at `run_dir` (a one-line file: symlinks are not portable)."""
-    write_atomic(run_dir.parent / LATEST, run_dir.name + "\n")
+def check_latest(runs_root: str | Path) -> None:
+    """Fail before a run starts if <runs_root>/latest is not flowerft's own pointer.
+
+    flowerft writes that one file outside a run's folder, and never replaces a file or folder
+    it did not write: its pointer is one line naming a run (or a run since deleted).
+    """
+    pointer = Path(runs_root) / LATEST
+    if not pointer.exists() and not pointer.is_symlink():
+        return
+    what = "a folder" if pointer.is_dir() else None if _is_pointer(pointer) else "a file flowerft did not write"
+    if what:
+        raise FlowerftError(
+            f"{pointer} is {what}, not flowerft's pointer to the newest run; move it away (flowerft keeps that "
+            "pointer there) or set runs_root to another folder in a --config file"
+        )
+
+
+def _is_pointer(pointer: Path) -> bool:
+    try:
+        lines = pointer.read_text().splitlines() if pointer.is_file() else []
+    except (OSError, UnicodeDecodeError):
+        return False
+    if len(lines) != 1 or not lines[0].strip():
+        return False
+    target = pointer.parent / lines[0].strip()
+    return is_run(target) or not target.exists()
+
+
+def set_latest(run_dir: Path, runs_root: str | Path) -> None:
+    """Point <runs_root>/latest at `run_dir`: its name if it lies in runs_root, else its absolute path.
+
+    A one-line file (symlinks are not portable), wherever the run is, so that `evaluate`,
+    `predict` and `train --resume` without --run-dir find the newest run.
+    """
+    root = Path(runs_root)
+    check_latest(root)
+    inside = run_dir.resolve().parent == root.resolve()
+    write_atomic(root / LATEST, (run_dir.name if inside else str(run_dir.resolve())) + "\n")
 
 
 def find_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> Path:
     """The run to evaluate or predict with: `run_dir` if given, else the latest under runs_root."""
     if run_dir is not None:
         path = Path(run_dir)
+        if path.exists() and not path.is_dir():
+            raise FlowerftError(f"run dir {path} is a file, not a folder; give the folder `flowerft train` wrote")
         if not path.is_dir():
             raise FlowerftError(f"run dir {path} does not exist; give the folder `flowerft train` wrote")
         return path

@@ -73,6 +73,27 @@ def list_image_folder(data_dir: str | Path) -> tuple[list[str], list[list[str]]]
     return [p.name for p in class_dirs], files
 
 
+def split_sizes(n: int, test_percent: int, valid_percent: int) -> tuple[int, int, int]:
+    """How many of a class's `n` images go to test, valid and train."""
+    # Boundaries at the nearest image, halves rounding up (Python's round() would go to even).
+    n_test = int(n * test_percent / 100 + 0.5)
+    n_valid = int(n * (test_percent + valid_percent) / 100 + 0.5) - n_test
+    return n_test, n_valid, n - n_test - n_valid
+
+
+def check_every_split_gets_each_class(class_names: list[str], files_per_class: list[list[str]], config: Config) -> None:
+    """A class missing from the test split is never evaluated (support 0); refuse it, saying what would do."""
+    for name, files in zip(class_names, files_per_class):
+        if min(split_sizes(len(files), config.test_percent, config.valid_percent)) < 1:
+            needed = next(n for n in range(1, 10_000)
+                          if min(split_sizes(n, config.test_percent, config.valid_percent)) >= 1)
+            raise DataError(
+                f"class {name} has {len(files)} image{'s' if len(files) != 1 else ''}, too few images for one in each "
+                f"of the test, valid and train splits ({config.test_percent}%/{config.valid_percent}%/rest): it needs "
+                f"at least {needed}; add images to it or remove its folder"
+            )
+
+
 def split_files(
     files_per_class: list[list[str]], test_percent: int, valid_percent: int, seed: int
 ) -> dict[str, list[tuple[str, int]]]:
@@ -86,9 +107,7 @@ def split_files(
     for label, files in enumerate(files_per_class):
         files = list(files)
         rng.shuffle(files)
-        # Boundaries at the nearest image, halves rounding up (Python's round() would go to even).
-        n_test = int(len(files) * test_percent / 100 + 0.5)
-        n_valid = int(len(files) * (test_percent + valid_percent) / 100 + 0.5) - n_test
+        n_test, n_valid, _ = split_sizes(len(files), test_percent, valid_percent)
         splits["test"] += [(f, label) for f in files[:n_test]]
         splits["valid"] += [(f, label) for f in files[n_test : n_test + n_valid]]
         splits["train"] += [(f, label) for f in files[n_test + n_valid :]]
@@ -142,6 +161,7 @@ def load_folder(config: Config) -> Splits:
             if not files:
                 raise DataError(f"class folder {name} has no readable images (all {len(bad)} unreadable files listed "
                                 f"first: {', '.join(skipped[:3])}); replace them or remove the folder")
+    check_every_split_gets_each_class(class_names, files_per_class, config)
     files = split_files(files_per_class, config.test_percent, config.valid_percent, config.seed)
     splits = splits_from_files(class_names, files)
     splits.skipped = skipped

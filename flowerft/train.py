@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from flowerft import data, rundir, sources, state
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard
-from flowerft.config import DEFAULTS, Config, make_config, to_dict
+from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
 from flowerft.model import build_model, compile_for_phase, freeze_base, unfreeze_base
 from flowerft.state import Progress
@@ -193,6 +193,7 @@ def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | Non
     saved = make_config(**rundir.read_yaml(run_dir / "config.yaml"))
     if given is None:
         given = {k: v for k, v in to_dict(requested).items() if v != DEFAULTS[k]}
+    given = absolute_paths(given)  # as the run recorded them
     for key, value in given.items():
         if key not in ("run_dir", "runs_root") and value != getattr(saved, key):
             raise FlowerftError(
@@ -224,8 +225,10 @@ def run(
     else:
         run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
         rundir.check_new(run_dir, overwrite)
+        rundir.check_latest(config.runs_root)  # before anything is written
         progress = None
         check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
+        config = Config(**absolute_paths(to_dict(config)))  # the run must work from any folder
     rundir.check_writable(run_dir)
     splits = sources.load_recorded(run_dir, config, ("train", "valid")) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
@@ -312,4 +315,4 @@ def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: 
     if splits.skipped:
         rundir.write_json(run_dir / "skipped_files.json", splits.skipped)
     state.save_initial(model, run_dir)
-    rundir.set_latest(run_dir)  # now, so that `--resume` finds a run that dies
+    rundir.set_latest(run_dir, config.runs_root)  # now, so that `--resume` finds a run that dies

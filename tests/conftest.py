@@ -56,16 +56,24 @@ def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("e2e")
     folder = make_image_folder(root / "flowers", per_class=12)
     runs = root / "runs"
-    result = CliRunner().invoke(
-        app,
-        [
+    previous = os.getcwd()
+    os.chdir(root)  # runs/latest, the pointer to the newest run, is written under the working directory
+    try:
+        result = CliRunner().invoke(app, [
             "train", "--data-dir", str(folder), "--weights", "none", "--image-size", str(TINY),
             "--batch-size", "8", "--epochs-head", "1", "--epochs-finetune", "1",
             "--run-dir", str(runs / "first"),
-        ],
-    )
+        ])
+    finally:
+        os.chdir(previous)
     assert result.exit_code == 0, result.output
     return runs / "first"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own folder: runs/latest and any relative path land there, not in the repo."""
+    monkeypatch.chdir(tmp_path)
 
 
 def one_line_error(result, code: int = 1) -> str:

@@ -141,8 +141,17 @@ def test_bad_folders(tmp_path, layout, message):
 
 def test_too_few_images_for_a_split(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=2)
-    with pytest.raises(DataError, match="split is empty"):
+    with pytest.raises(DataError, match="class daisy has 2 images, too few .* it needs at least 6"):
         sources.load_folder(make_config(data_dir=str(root)))
+
+
+def test_a_class_too_small_for_every_split_is_refused_with_the_remedy(tmp_path):
+    root = make_image_folder(tmp_path / "f", per_class=10)
+    for extra in sorted((root / "roses").iterdir())[1:]:
+        extra.unlink()  # roses keeps 1 image: it would land in train only, and evaluate would show support 0
+    with pytest.raises(DataError, match="class roses has 1 image, too few .* add images to it or remove its folder"):
+        sources.load_folder(make_config(data_dir=str(root)))
+    assert sources.split_sizes(6, 10, 15) == (1, 1, 4) and sources.split_sizes(5, 10, 15) == (1, 0, 4)
 
 
 def test_folder_pipeline_reads_the_files(tmp_path):

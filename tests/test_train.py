@@ -128,7 +128,8 @@ def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
         "dandelion", "daisy", "tulips", "sunflowers", "roses"]
     assert not (tmp_path / "run" / "splits.json").exists()
     assert result.metrics["phases"]["finetune"]["epochs_run"] == 1
-    assert (tmp_path / "latest").read_text().strip() == "run"
+    # The pointer to the newest run lives in the runs root, naming a run elsewhere by its full path.
+    assert (tmp_path / "runs" / "latest").read_text().strip() == str((tmp_path / "run").resolve())
 
 
 def test_cosine_warm_up_and_label_smoothing_run_end_to_end(tmp_path):

@@ -33,7 +33,7 @@ err_console = Console(stderr=True)
 def default(key: str) -> str:
     """The help text's default, read from the one place defaults live (and the book's, if other)."""
     def shown(value):
-        return "runs/<timestamp>" if key == "run_dir" else "off" if value is None else value
+        return "runs/<timestamp>" if key == "run_dir" else "off" if value is None or value is False else value
 
     book = RECIPES["book"].get(key, DEFAULTS[key])
     other = f"; --recipe book: {shown(book)}" if book != DEFAULTS[key] else ""

@@ -35,11 +35,13 @@ def parse_variant(text: str) -> tuple[str, dict]:
     """'name:key=value,key=value' -> (name, {key: YAML-typed value})."""
     import yaml
 
+    from flowerft.config import _loader
+
     name, _, pairs = text.partition(":")
     values = {}
     for pair in filter(None, pairs.split(",")):
         key, _, value = pair.partition("=")
-        values[key.strip()] = yaml.safe_load(value)
+        values[key.strip()] = yaml.load(value, Loader=_loader())  # 1e-3 is a number, as in config files
     return name, values
 
 
@@ -92,28 +94,30 @@ def pct(value) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| recipe | seed | head val | head test | fine-tuned val | fine-tuned test | best checkpoint | diverged | wall time |")
+    print("| recipe | seed | head val | head-only test | fine-tuned val | fine-tuned test | best checkpoint (test) "
+          "| fine-tuning diverged | wall time |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        best = r["finetune_test"] if r["best_phase"] == "finetune" else r["head_test"]
         print(f"| {r['recipe']} | {r['seed']} | {pct(r['head_val'])} | {pct(r['head_test'])} | {pct(r['finetune_val'])} "
-              f"| {pct(r['finetune_test'])} | {r['best_phase'] or '-'} | {'yes' if r['diverged'] else 'no'} "
+              f"| {pct(r['finetune_test'])} | {r['best_phase'] or '-'} ({pct(best)}) | {'yes' if r['diverged'] else 'no'} "
               f"| {r['wall_s'] / 60:.1f} min |")
     print()
-    print("| recipe | mean head-only test error | mean fine-tuned test error | ratio (per seed) | runs that diverged |")
+    print("| recipe | mean head-only test error | mean test error of the best checkpoint | "
+          "fine-tuned / head-only test error, per seed | runs whose fine-tuning diverged |")
     print("|---|---|---|---|---|")
     for name in dict.fromkeys(r["recipe"] for r in rows):
         mine = [r for r in rows if r["recipe"] == name]
-        head = [1 - r["head_test"] for r in mine if r["head_test"] is not None]
-        tuned = [1 - r["finetune_test"] if r["finetune_test"] is not None else None for r in mine]
+        head = [1 - r["head_test"] for r in mine]
+        best = [1 - (r["finetune_test"] if r["best_phase"] == "finetune" else r["head_test"]) for r in mine]
         ratios = [
             f"{(1 - r['finetune_test']) / (1 - r['head_test']):.2f}"
-            if r["finetune_test"] is not None and r["head_test"] not in (None, 1.0) else "-"
+            if r["finetune_test"] is not None and r["head_test"] != 1.0 else "-"
             for r in mine
         ]
-        mean_tuned = pct(sum(tuned) / len(tuned)) if tuned and None not in tuned else "-"
-        mean_head = pct(sum(head) / len(head)) if head else "-"
         diverged = sum(1 for r in mine if r["diverged"])
-        print(f"| {name} | {mean_head} | {mean_tuned} | {' '.join(ratios)} | {diverged} of {len(mine)} |")
+        print(f"| {name} | {pct(sum(head) / len(head))} | {pct(sum(best) / len(best))} | {' '.join(ratios)} "
+              f"| {diverged} of {len(mine)} |")
 
 
 def main() -> None:
@@ -145,7 +149,7 @@ def main() -> None:
     common = dict(
         data_dir=str(data_dir), weights=args.weights, backbone=args.backbone, image_size=args.image_size,
         batch_size=args.batch_size, epochs_head=args.epochs_head, epochs_finetune=args.epochs_finetune,
-        tensorboard=False,
+        tensorboard=False, runs_root=str(work),  # leave the user's runs/latest alone
     )
     recipes = [(name, {"recipe": name}) for name in args.recipes] + [parse_variant(v) for v in args.variant]
     print(f"$ python {' '.join(sys.argv)}", flush=True)

@@ -8,6 +8,8 @@ Everything is validated here, before any data is read or any model is built.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -150,6 +152,8 @@ def _check_types(config: Config) -> None:
             raise ConfigError(f"{name}: expected {_type_name(hint)}, got {value!r}")
         if isinstance(value, int) and not isinstance(value, bool) and hint in (float, float | None):
             object.__setattr__(config, name, float(value))
+    if config.clipnorm == 0:  # one spelling of "no clipping", so a resume compares like with like
+        object.__setattr__(config, "clipnorm", None)
 
 
 def _check_values(c: Config) -> None:
@@ -176,7 +180,9 @@ def _check_values(c: Config) -> None:
     need(c.cache in CACHE_MODES, "cache", f"must be one of {', '.join(CACHE_MODES)}")
     need(c.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}")
     need(c.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
-    need(c.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more")
+    need(0 <= c.warmup_epochs < math.inf, "warmup_epochs", "must be 0 or more")
+    need(c.warmup_epochs == 0 or c.schedule == "cosine", "warmup_epochs",
+         "needs schedule: cosine (the inverse_time schedule has no warm-up)")
     need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
 
 
@@ -195,7 +201,7 @@ def _loader():
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
         list("-+0123456789."),
     )
     return Loader
@@ -256,7 +262,7 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     def absolute(key, value):
         if key not in PATH_KEYS or not isinstance(value, str) or value in ("", "imagenet", "none"):
             return value
-        return str(Path(value).expanduser().absolute())
+        return os.path.abspath(os.path.expanduser(value))  # abspath also folds "a/../b"
 
     return {key: absolute(key, value) for key, value in values.items()}
 

@@ -167,13 +167,16 @@ def run(
     }
     folder = Path(output) if output is not None else path
     files = [folder / name for name in output_names(split, checkpoint)]
+    written = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
         rundir.write_json(files[0], result)
+        written.append(files[0])
         plot_confusion_matrix(result["confusion_matrix"], class_names, files[1],
                               f"{path.name}: {split} split, {checkpoint} checkpoint")
+        written.append(files[1])
     except OSError as e:
-        reason = e.strerror or str(e)
+        missing = " and ".join(f.name for f in files if f not in written)
         where = "give --output DIR to write them elsewhere" if output is None else "give another --output"
-        return Evaluation(result, [], f"could not write {files[0].name} and {files[1].name} to {folder} ({reason}); {where}")
+        return Evaluation(result, written, f"could not write {missing} to {folder} ({e.strerror or e}); {where}")
     return Evaluation(result, files)

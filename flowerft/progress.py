@@ -132,17 +132,19 @@ class FittedMetricsColumn(ProgressColumn):
     and metrics are what a narrow terminal gives up first.
     """
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, description: Column):
         super().__init__(table_column=Column(no_wrap=True, overflow="crop"))
         self.console = console
+        self.description = description  # its width grows with the number of epochs
+        self.digits = 1  # of the largest total of any row: Rich sizes a column to its widest row
 
     def render(self, task) -> Text:
-        digits = len(str(int(task.total or 0)))
-        used = DESCRIPTION_WIDTH + BAR_WIDTH + (2 * digits + 1) + 2 * TIME_WIDTH + 5  # 5 gaps of one space
+        self.digits = max(self.digits, len(str(int(task.total or 0))))
+        used = self.description.width + BAR_WIDTH + (2 * self.digits + 1) + 2 * TIME_WIDTH + 5  # 5 gaps
         room = max(0, self.console.width - used - 1)
         note = task.fields.get("note")
         if note:
-            return Text(note if len(note) <= room else note[:max(0, room - 1)] + "…")
+            return Text(note if len(note) <= room else note[:max(0, room - 3)] + "...")  # ASCII: any terminal
         shown = ""
         for pair in task.fields.get("metrics", []):
             candidate = f"{shown}  {pair}" if shown else pair
@@ -166,13 +168,14 @@ class RemainingColumn(ProgressColumn):
 
 
 def make_progress(console: Console) -> Progress:
+    description = Column(no_wrap=True, width=DESCRIPTION_WIDTH)
     return Progress(
-        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, width=DESCRIPTION_WIDTH)),
+        TextColumn("[bold]{task.description}", table_column=description),
         BarColumn(bar_width=BAR_WIDTH),
         MofNCompleteColumn(table_column=Column(no_wrap=True)),
         TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=TIME_WIDTH)),
         RemainingColumn(),
-        FittedMetricsColumn(console),
+        FittedMetricsColumn(console, description),
         console=console,
     )
 
@@ -193,7 +196,17 @@ class Display:
     def callbacks(self, phase: str, config) -> list[keras.callbacks.Callback]:
         """For train.run; `config` is the run's own (a resumed run's, not the command line's)."""
         self.clock.epochs = {"head": config.epochs_head, "finetune": config.epochs_finetune}
+        if self.progress is not None:  # "finetune 10/100" must fit whole
+            widest = max(len(f"{p} {n}/{n}") for p, n in self.clock.epochs.items())
+            self.progress.columns[0].get_table_column().width = max(DESCRIPTION_WIDTH, widest)
         return [EpochProgress(self, phase)]
+
+    def add_epoch_row(self, description: str, steps: int):
+        """A row for a new epoch; the oldest finished rows give way so the display fits the screen."""
+        rows = [t for t in self.progress.tasks if t.id != self.run_task and t.visible]
+        for task in rows[: max(0, len(rows) - (self.console.height - 8))]:
+            self.progress.update(task.id, visible=False)
+        return self.progress.add_task(description, total=steps, metrics=[])
 
     def update_run(self) -> None:
         if self.progress is not None:
@@ -236,12 +249,13 @@ class EpochProgress(keras.callbacks.Callback):
         self.description = f"{self.phase} {self.number}/{planned}"
         self.steps = self.params.get("steps") or 0
         self.display.clock.begin_epoch(self.phase, self.number - 1, self.steps)
-        self.started = time.monotonic()
+        self.started, self.done = time.monotonic(), 0
         if self.display.progress is not None:
-            self.task = self.display.progress.add_task(self.description, total=self.steps, metrics=[])
+            self.task = self.display.add_epoch_row(self.description, self.steps)
             self.display.update_run()
 
     def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
         self.display.clock.end_step()
         if self.task is not None:
             self.display.progress.update(self.task, advance=1, metrics=metric_pairs(logs or {}))
@@ -251,9 +265,10 @@ class EpochProgress(keras.callbacks.Callback):
         self.display.clock.end_epoch()
         if self.task is not None:
             self.display.progress.update(self.task, metrics=metric_pairs(logs or {}, FINISHED_ORDER))
+            self.display.progress.stop_task(self.task)  # an epoch stopped early (divergence) stops its clock too
             self.display.update_run()
         else:
             self.display.line(
-                f"{self.description}  {self.steps}/{self.steps} steps  {clock(time.monotonic() - self.started)}  "
+                f"{self.description}  {self.done}/{self.steps} steps  {clock(time.monotonic() - self.started)}  "
                 + "  ".join(metric_pairs(logs or {}, FINISHED_ORDER)) + f"  | {self.display.clock.summary()}"
             )

@@ -49,7 +49,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def current_umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    try:  # Linux says it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
 
@@ -145,6 +151,15 @@ def check_latest(runs_root: str | Path) -> None:
     it did not write: its pointer is one line naming a run (or a run since deleted).
     """
     pointer = Path(runs_root) / LATEST
+    ancestor = pointer.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        problem = "is not a folder" if not ancestor.is_dir() else "is not writable"
+        raise FlowerftError(
+            f"cannot write {pointer}, the pointer to the newest run: {ancestor} {problem}; run from a folder "
+            "you can write to, or set runs_root to one in a --config file"
+        )
     if not pointer.exists() and not pointer.is_symlink():
         return
     what = "a folder" if pointer.is_dir() else None if _is_pointer(pointer) else "a file flowerft did not write"
@@ -175,7 +190,10 @@ def set_latest(run_dir: Path, runs_root: str | Path) -> None:
     root = Path(runs_root)
     check_latest(root)
     inside = run_dir.resolve().parent == root.resolve()
-    write_atomic(root / LATEST, (run_dir.name if inside else str(run_dir.resolve())) + "\n")
+    try:
+        write_atomic(root / LATEST, (run_dir.name if inside else str(run_dir.resolve())) + "\n")
+    except OSError as e:
+        raise FlowerftError(f"cannot write {root / LATEST}: {e.strerror or e}; give --run-dir to later commands") from None
 
 
 def find_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> Path:

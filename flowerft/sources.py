@@ -85,12 +85,12 @@ def check_every_split_gets_each_class(class_names: list[str], files_per_class: l
     """A class missing from the test split is never evaluated (support 0); refuse it, saying what would do."""
     for name, files in zip(class_names, files_per_class):
         if min(split_sizes(len(files), config.test_percent, config.valid_percent)) < 1:
-            needed = next(n for n in range(1, 10_000)
+            enough = next(n for n in range(len(files) + 1, len(files) + 10_000)
                           if min(split_sizes(n, config.test_percent, config.valid_percent)) >= 1)
             raise DataError(
                 f"class {name} has {len(files)} image{'s' if len(files) != 1 else ''}, too few images for one in each "
-                f"of the test, valid and train splits ({config.test_percent}%/{config.valid_percent}%/rest): it needs "
-                f"at least {needed}; add images to it or remove its folder"
+                f"of the test, valid and train splits ({config.test_percent}%/{config.valid_percent}%/rest): "
+                f"{enough} would do; add images to it or remove its folder"
             )
 
 

@@ -190,12 +190,17 @@ def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | Non
     `given` holds the options the user actually gave (flags and config file); without it,
     any option that differs from its default counts as given.
     """
-    saved = make_config(**rundir.read_yaml(run_dir / "config.yaml"))
+    recorded = rundir.read_yaml(run_dir / "config.yaml")
+    saved = make_config(**recorded)
     if given is None:
         given = {k: v for k, v in to_dict(requested).items() if v != DEFAULTS[k]}
     given = absolute_paths(given)  # as the run recorded them
+    # Normalised as a Config would hold them (1 is 1.0, clipnorm 0 is None), to compare like with like.
+    wanted = to_dict(Config(**(to_dict(saved) | given)))
     for key, value in given.items():
-        if key not in ("run_dir", "runs_root") and value != getattr(saved, key):
+        if key in ("run_dir", "runs_root") or (key == "recipe" and "recipe" not in recorded):
+            continue  # where a run lives is not how it trains; runs before recipes recorded values only
+        if wanted[key] != getattr(saved, key):
             raise FlowerftError(
                 f"{run_dir} was trained with {key}={getattr(saved, key)!r}, not {value!r}; resume with the "
                 "run's own options (or none), or start a new run with another --run-dir"
@@ -227,8 +232,8 @@ def run(
         rundir.check_new(run_dir, overwrite)
         rundir.check_latest(config.runs_root)  # before anything is written
         progress = None
-        check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
         config = Config(**absolute_paths(to_dict(config)))  # the run must work from any folder
+        check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
     rundir.check_writable(run_dir)
     splits = sources.load_recorded(run_dir, config, ("train", "valid")) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.

@@ -105,6 +105,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         ({"recipe": ["book"]}, "recipe"),
         ({"schedule": "linear"}, "schedule"),
         ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"warmup_epochs": 1.0}, "warmup_epochs"),  # the default inverse_time schedule has no warm-up
+        ({"warmup_epochs": float("inf"), "schedule": "cosine"}, "warmup_epochs"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
     ],
 )
@@ -147,3 +149,7 @@ def test_yaml_cannot_run_code(tmp_path):
     path.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         make_config(path)
+
+
+def test_clipnorm_zero_means_no_clipping_spelled_one_way():
+    assert make_config(clipnorm=0).clipnorm is None and make_config(recipe="book").clipnorm is None

@@ -141,7 +141,7 @@ def test_bad_folders(tmp_path, layout, message):
 
 def test_too_few_images_for_a_split(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=2)
-    with pytest.raises(DataError, match="class daisy has 2 images, too few .* it needs at least 6"):
+    with pytest.raises(DataError, match="class daisy has 2 images, too few .*: 6 would do"):
         sources.load_folder(make_config(data_dir=str(root)))
 
 

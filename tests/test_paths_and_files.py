@@ -57,6 +57,14 @@ def test_a_latest_that_flowerft_did_not_write_stops_the_run_before_it_starts(tmp
         assert (tmp_path / "runs" / "latest").read_text() == "my notes\nabout runs\n"
 
 
+def test_a_runs_root_that_cannot_hold_the_pointer_stops_the_run_before_it_starts(tmp_path):
+    folder = make_image_folder(tmp_path / "flowers", per_class=8)
+    (tmp_path / "runs").write_text("not a folder")
+    message = one_line_error(runner.invoke(app, ["train", *FAST, "--data-dir", str(folder), "--run-dir", "elsewhere/r1"]))
+    assert "cannot write runs/latest" in message and "runs is not a folder" in message
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_a_run_started_with_a_relative_data_dir_evaluates_from_anywhere(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "work" / "small", per_class=8)
     monkeypatch.chdir(tmp_path / "work")

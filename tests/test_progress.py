@@ -164,3 +164,17 @@ def test_a_redirected_train_log_gets_each_epoch_as_it_ends(tmp_path):
     epochs = [line for line in text.splitlines() if line.startswith(("head ", "finetune "))]
     assert [line.split("  ")[0] for line in epochs] == ["head 1/1", "finetune 1/3", "finetune 2/3", "finetune 3/3"]
     assert all("val_acc" in line and "val_loss" in line and "| run " in line for line in epochs)
+
+
+def test_long_runs_keep_their_counts_whole_and_the_screen_shows_the_current_epoch():
+    console = Console(width=80, height=20, force_terminal=True, file=io.StringIO())
+    config = make_config(epochs_head=0, epochs_finetune=100)
+    with training_display(console) as display:
+        for epoch in range(30):
+            callback = drive(display, "finetune", config, epoch=epoch, steps=1200, done=1200, logs=LOGS)
+            callback.on_epoch_end(epoch, FINAL)
+        drive(display, "finetune", config, epoch=30, steps=1200, done=7, logs=LOGS)
+        lines = rendered(display, 80)
+    assert len(lines) <= 20 and all(len(line) <= 80 for line in lines), lines
+    assert any(line.startswith("finetune 31/100 ") and "7/1200" in line for line in lines)
+    assert "━" * 20 in next(line for line in lines if line.startswith("finetune 30/100 "))  # the bar keeps its width

@@ -1,0 +1,73 @@
+"""What every command shares: the consoles, one-line errors, and TensorFlow's quiet import."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from flowerft.config import DEFAULTS, RECIPES
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def default(key: str) -> str:
+    """The help text's default, read from the one place defaults live (and the book's, if other)."""
+    def shown(value):
+        return "runs/<timestamp>" if key == "run_dir" else "off" if value is None or value is False else value
+
+    book = RECIPES["book"].get(key, DEFAULTS[key])
+    other = f"; --recipe book: {shown(book)}" if book != DEFAULTS[key] else ""
+    return f" (default: {shown(DEFAULTS[key])}{other})."
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Point stderr's file descriptor at /dev/null: C libraries (TensorFlow's logging, libjpeg)
+    write there directly, past Python. Set TF_CPP_MIN_LOG_LEVEL=0 to see what they say."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and probe its devices with its C++ start-up chatter silenced.
+
+    TF 2.21 logs through absl before TF_CPP_MIN_LOG_LEVEL is read ("Could not find cuda
+    drivers", "failed call to cuInit"): noise for a CLI user.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. TFDS's "no dataset_info.json" before a download
+
+
+def pct(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,55 @@
+"""`flowerft predict`: classes of image files, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from flowerft.errors import FlowerftError
+from flowerft.cli import app
+from flowerft.cli.common import console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
+
+
+@app.command()
+def predict(
+    images: Annotated[list[str], typer.Argument(help="Image files and folders (a folder means every image in it).")],
+    run_dir: Annotated[Optional[str], typer.Option(help="Run whose model predicts (default: the one runs/latest names).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or final.")] = "best",
+    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help='Print [{"path", "top_k": [{"label", "probability"}]}] on stdout.')] = False,
+) -> None:
+    """Predict the class of image files with a trained run's model."""
+    try:
+        import_tensorflow_quietly()
+        from flowerft import predict as prediction
+
+        # A broken JPEG makes libjpeg and TensorFlow write to stderr themselves; each failure is
+        # reported below in one line of ours instead.
+        with native_stderr_silenced():
+            predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint, k=top_k)
+    except FlowerftError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    if as_json:
+        print(json.dumps([{"path": p.path, "top_k": p.top_k} for p in predictions], indent=2))
+    elif predictions:
+        console.print(prediction_table(predictions, max(len(p.top_k) for p in predictions)))
+    for failure in failures:
+        err_console.print(f"[bold red]Error:[/] {failure.message}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def prediction_table(predictions, k: int) -> Table:
+    table = Table(title="Predictions")
+    table.add_column("image", overflow="fold")
+    for rank in range(1, k + 1):
+        table.add_column(f"#{rank}")
+    for p in predictions:
+        cells = [f"{t['label']} {t['probability']:.1%}" for t in p.top_k]
+        table.add_row(p.path, *cells, *[""] * (k - len(cells)))
+    return table

@@ -1,0 +1,95 @@
+"""`flowerft train`: the two phases, with a live display and a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from flowerft.backbones import BACKBONES
+from flowerft.config import RECIPES, given_values, resolve
+from flowerft.errors import FlowerftError, Interrupted
+from flowerft.cli import app
+from flowerft.cli.common import console, default, fail, import_tensorflow_quietly, num, pct
+
+
+@app.command()
+def train(
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides (see configs/).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Image folder with one subfolder per class, for offline use (default: TFDS tf_flowers).")] = None,
+    tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file" + default("weights"))] = None,
+    backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}" + default("backbone"))] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size" + default("image_size"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per training step" + default("batch_size"))] = None,
+    epochs_head: Annotated[Optional[int], typer.Option(help="Epochs training the new head on the frozen base" + default("epochs_head"))] = None,
+    epochs_finetune: Annotated[Optional[int], typer.Option(help="Epochs fine-tuning the unfrozen base" + default("epochs_finetune"))] = None,
+    lr_head: Annotated[Optional[float], typer.Option(help="Head-phase learning rate (the schedule's peak)" + default("lr_head"))] = None,
+    lr_finetune: Annotated[Optional[float], typer.Option(help="Fine-tune learning rate (the schedule's peak)" + default("lr_finetune"))] = None,
+    clipnorm: Annotated[Optional[float], typer.Option(help="Clip each gradient to this norm; 0 turns clipping off" + default("clipnorm"))] = None,
+    augment: Annotated[Optional[bool], typer.Option(
+        "--augment/--no-augment",
+        help="Randomly flip images left-right, rotate them up to 18 degrees and zoom them by up to 10% in the "
+        "training pipeline (Keras preprocessing layers; never in the saved model, so evaluate and predict see "
+        "plain images). Turns off the head phase's cached features" + default("augment"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the split, shuffling and initialisation" + default("seed"))] = None,
+    run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
+    mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32.")] = False,
+    jit_compile: Annotated[bool, typer.Option(help="XLA-compile the training step (GPUs).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run already in --run-dir.")] = False,
+) -> None:
+    """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
+    options = dict(
+        recipe=recipe, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
+        image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
+        lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
+        # A switch left off keeps whatever the YAML file says.
+        mixed_precision=mixed_precision or None, jit_compile=jit_compile or None,
+    )
+    try:
+        given = given_values(config_file, **options)  # the YAML file is read once
+        config = resolve(given)
+        import_tensorflow_quietly()
+        from flowerft import train as training
+        from flowerft.progress import training_display
+
+        with training_display(console) as display:
+            result = training.run(
+                config,
+                callbacks=display.callbacks,
+                notify=display.notify,
+                resume=resume,
+                overwrite=overwrite,
+                # A resumed run keeps its own options; those given now must agree with them.
+                given=given if resume else None,
+            )
+    except Interrupted as e:
+        fail(str(e), code=130)
+    except FlowerftError as e:
+        fail(str(e))
+    except KeyboardInterrupt:  # before training started: nothing to save
+        fail("interrupted", code=130)
+    console.print(phase_table(result.metrics))
+    for warning in result.metrics["warnings"]:
+        console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
+    console.print(f"Best model: {result.run_dir / result.metrics['best_checkpoint']}", highlight=False, soft_wrap=True)
+
+
+def phase_table(metrics: dict) -> Table:
+    """Per phase: its best epoch with that epoch's validation accuracy and loss, and its last epoch."""
+    table = Table(title="Training summary")
+    for column in ("phase", "epochs", "best epoch", "val acc", "val loss", "last val acc", "last val loss", "time"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for name, p in metrics["phases"].items():
+        star = " *" if name == metrics["best_phase"] else ""
+        table.add_row(
+            name + star, f"{p['epochs_run']}/{p['epochs_planned']}", str(p["best_epoch"] or "-"),
+            pct(p["best_val_accuracy"]), num(p.get("best_epoch_val_loss")), pct(p["last_val_accuracy"]),
+            num(p["last_val_loss"]), f"{p['wall_time_s']:.0f} s",
+        )
+    table.caption = "best epoch: highest validation accuracy (counted over both phases); * the phase of the best model"
+    return table

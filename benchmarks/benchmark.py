@@ -74,11 +74,13 @@ def head_phase(config, run_dir):
         keras.utils.set_random_seed(config.seed)
         model, base = build_model(config, len(splits.class_names))
         start = time.perf_counter()
-        pipe = dict(config=config, cache="memory")
+        epoch = data.epoch_variable()
+        pipe = dict(config=config, cache="memory", epoch=epoch)
         train_ds = data.pipeline(splits, "train", training=True, **pipe)
         valid_ds = data.pipeline(splits, "valid", **pipe)
         unshuffled = data.pipeline(splits, "train", **pipe)
-        train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [], unshuffled_train_ds=unshuffled)
+        train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [],
+                         shuffle_epoch=epoch, unshuffled_train_ds=unshuffled)
         return time.perf_counter() - start
 
     def plain_fit():

@@ -88,3 +88,19 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.best = float(value)
             self.pending = self.staging / f"{self.stem}-e{epoch + 1}.keras"
             save_model_atomic(self.model_to_save, self.pending)
+
+
+class ShuffleEpoch(keras.callbacks.Callback):
+    """Tell the training pipeline which epoch begins, so its order is a function of (seed, epoch).
+
+    Keras starts each epoch's data iterator after on_epoch_begin, and `epoch` counts over
+    both phases (fit's initial_epoch), so a resumed run shuffles its epochs as the
+    uninterrupted run did (see data.shuffle_for_epoch).
+    """
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)

@@ -84,13 +84,42 @@ def to_model_input(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.
     return tf.cast(images, tf.float32), labels
 
 
+def epoch_variable() -> tf.Variable:
+    """The epoch whose order a training pipeline gives; callbacks.ShuffleEpoch sets it as each epoch begins."""
+    return tf.Variable(0, dtype=tf.int64, trainable=False, name="shuffle_epoch")
+
+
+def shuffle_for_epoch(ds: tf.data.Dataset, shuffle_buffer: int, seed: int, epoch: tf.Variable | None) -> tf.data.Dataset:
+    """`ds` shuffled in an order that is a pure function of (seed, epoch), not of how many epochs ran.
+
+    tf.data's reshuffle_each_iteration draws a new order per iterator, counted from when the
+    dataset was built, so a resumed run (a new process) would replay epoch 1's order in epoch 4.
+    Here the shuffle seed is derived from the `epoch` variable, read when each epoch's iterator
+    starts (inside flat_map, so at iteration time, not when the pipeline is built): a resumed
+    epoch sees its images in the order the uninterrupted run gave them.
+    """
+    if epoch is None:  # outside training (benchmarks, tests): a new order per iteration will do
+        return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    n = ds.cardinality()
+
+    def epoch_order(_):
+        # This function's own graph seed, so the order depends on (seed, epoch) alone; and a
+        # symbolic op seed needs a nonzero one (TF's random_seed.get_seed tests seeds == (0, 0)).
+        tf.random.set_seed(1)
+        return ds.shuffle(shuffle_buffer, seed=seed * 1_000_003 + tf.identity(epoch), reshuffle_each_iteration=False)
+
+    ds = tf.data.Dataset.from_tensors(0).flat_map(epoch_order)
+    return ds.apply(tf.data.experimental.assert_cardinality(n)) if n >= 0 else ds
+
+
 def make_pipeline(
     ds: tf.data.Dataset,
     load: Callable[[tf.Tensor], tf.Tensor],
     *,
     batch_size: int,
     shuffle_buffer: int = 0,
-    seed: int | None = None,
+    seed: int = 0,
+    epoch: tf.Variable | None = None,
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """(source item, label) -> batches of (float32 images, labels), prefetched.
@@ -99,7 +128,7 @@ def make_pipeline(
     loading, so a folder source shuffles file names rather than decoded images.
     """
     if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = shuffle_for_epoch(ds, shuffle_buffer, seed, epoch)
     ds = ds.map(lambda x, y: (load(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds, augment)
@@ -111,7 +140,8 @@ def indexed_pipeline(
     *,
     batch_size: int,
     shuffle_buffer: int = 0,
-    seed: int | None = None,
+    seed: int = 0,
+    epoch: tf.Variable | None = None,
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 values, labels) gathered from in-memory tensors by shuffled index.
@@ -122,7 +152,7 @@ def indexed_pipeline(
     """
     ds = tf.data.Dataset.range(int(labels.shape[0]))
     if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = shuffle_for_epoch(ds, shuffle_buffer, seed, epoch)
     ds = ds.batch(batch_size).map(
         lambda i: (tf.cast(tf.gather(values, i), tf.float32), tf.gather(labels, i)),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -191,17 +221,20 @@ def pipeline(
     training: bool = False,
     cache: str = "none",
     cache_dir: Path | None = None,
+    epoch: tf.Variable | None = None,
 ) -> tf.data.Dataset:
     """The batched (images, labels) of one split, shuffled (and augmented) for training.
 
     cache "memory" decodes the split once into a tensor and shuffles indices into it; "file"
     caches decoded images in `cache_dir` after the first pass (and then shuffles decoded
-    images, as a file cache cannot be read at random); "none" decodes every epoch.
+    images, as a file cache cannot be read at random); "none" decodes every epoch. A training
+    pipeline's order follows `epoch` (see shuffle_for_epoch).
     """
     options = dict(
         batch_size=config.batch_size,
         shuffle_buffer=config.shuffle_buffer if training else 0,
         seed=config.seed,
+        epoch=epoch,
         augment=make_augmenter(config.seed) if training and config.augment else None,
     )
     if cache == "memory":

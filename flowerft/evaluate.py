@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from flowerft import data, rundir, sources
+from flowerft import data, rundir, runlock, sources
 from flowerft.config import Config, make_config
 from flowerft.errors import FlowerftError
 
@@ -38,6 +38,9 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
     if which not in CHECKPOINTS:
         raise FlowerftError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     metrics_path = run_dir / "metrics.json"
+    trainer = runlock.holder(run_dir)
+    if trainer and not metrics_path.is_file():
+        raise FlowerftError(f"{run_dir} is still training ({trainer}); use it when its training has finished")
     if not metrics_path.is_file():
         raise FlowerftError(
             f"{run_dir} has no metrics.json: its training did not finish; continue it with "

@@ -62,9 +62,10 @@ def run(
         raise FlowerftError(f"top-k must be 1 or more, got {k}")
     path = rundir.find_run(run_dir)
     config = load_run_config(path)
+    model_path = checkpoint_path(path, checkpoint)  # first: it says why a run has no model yet
     class_names = rundir.read_json(path / "class_names.json")
     k = min(k, len(class_names))  # no empty columns for classes that do not exist
-    model = load_model(checkpoint_path(path, checkpoint))
+    model = load_model(model_path)
     files, failures = expand_inputs(inputs)
 
     predictions: list[Prediction] = []

@@ -9,6 +9,7 @@
     <run_dir>/skipped_files.json   (image folders) files that did not decode and were left out
     <run_dir>/state/               while training: what `--resume` needs (see flowerft/state.py)
     <run_dir>/tensorboard/         event files
+    <run_dir>/train.lock           locked by the process that trains the run (flowerft/runlock.py)
 
 By default runs go to runs/<timestamp>, and runs/latest names the newest one started
 (wherever its --run-dir is: the only file flowerft writes outside a run's folder).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ import yaml
 from flowerft.errors import FlowerftError
 
 LATEST = "latest"
+LOCK = "train.lock"  # held by the process training the run: flowerft/runlock.py
 CHECKPOINTS = "checkpoints"
 
 
@@ -58,6 +61,12 @@ def current_umask() -> int:
     mask = os.umask(0o022)  # elsewhere reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
+
+
+def remove_partial_writes(folder: Path) -> None:
+    """Delete what a process killed inside write_atomic left: its temporary files, never renamed into place."""
+    for leftover in folder.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -121,10 +130,21 @@ def is_run(path: Path) -> bool:
     return isinstance(config, dict) and RUN_CONFIG_KEYS <= set(config)
 
 
+def clear_run(path: Path, keep: str) -> None:
+    """Delete everything in a run's folder but `keep` (the lock that makes this process its only writer)."""
+    for child in path.iterdir():
+        if child.name == keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def check_new(path: Path, overwrite: bool) -> None:
     """A fresh run never silently replaces an earlier one (nor a folder that is not a run)."""
-    if not path.is_dir() or not any(path.iterdir()):
-        return
+    if not path.is_dir() or not [p for p in path.iterdir() if p.name != LOCK]:
+        return  # a new or empty folder (the lock file is `train`'s own: flowerft/runlock.py)
     if not is_run(path):
         raise FlowerftError(f"run dir {path} is a non-empty folder that is not a flowerft run; choose another --run-dir")
     if not overwrite:
@@ -132,16 +152,6 @@ def check_new(path: Path, overwrite: bool) -> None:
             f"run dir {path} already holds a run; add --resume to continue it, --overwrite to replace it, "
             "or choose another --run-dir"
         )
-
-
-def find_resumable(run_dir: str | Path | None, runs_root: str | Path) -> Path:
-    """The run that `--resume` continues: `run_dir`, else the one <runs_root>/latest names."""
-    path = find_run(run_dir, runs_root)
-    if (path / "metrics.json").is_file():
-        raise FlowerftError(f"{path} finished training already; nothing to resume (evaluate it, or train a new run)")
-    if not (path / "config.yaml").is_file() or not (path / "state").is_dir():
-        raise FlowerftError(f"{path} holds no saved training state to resume; start it again with --overwrite")
-    return path
 
 
 def check_latest(runs_root: str | Path) -> None:

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import data, rundir, sources, state
-from flowerft.callbacks import BestCheckpoint, DivergenceGuard
+from flowerft import data, rundir, runlock, sources, state
+from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
 from flowerft.model import build_model, compile_for_phase, freeze_base, unfreeze_base
@@ -36,11 +36,12 @@ CallbackFactory = Callable[[str, Config], list[keras.callbacks.Callback]]
 class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
+    finished_before: bool = False  # `--resume` found the run finished: nothing was trained
 
 
 def train_head(
     model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory,
-    *, unshuffled_train_ds=None, resume: Progress | None = None,
+    *, shuffle_epoch: tf.Variable, unshuffled_train_ds=None, resume: Progress | None = None,
 ) -> PhaseResult:
     """Phase 1: only the new head learns; the base is frozen (its BatchNorm in inference mode).
 
@@ -48,7 +49,8 @@ def train_head(
     head trains on features computed once (see fit_head_on_features); otherwise on images.
     """
     freeze_base(base)
-    options = dict(epochs=config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head, resume=resume)
+    options = dict(epochs=config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head,
+                   shuffle_epoch=shuffle_epoch, resume=resume)
     if unshuffled_train_ds is None or config.epochs_head == 0:
         return _fit_phase(HEAD, model, train_ds, valid_ds, config, run_dir, extra, **options)
     return fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, extra, **options)
@@ -69,7 +71,8 @@ def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, 
     features = keras.Input(shape=(int(train_features.shape[1]),), name="features")
     head = keras.Model(features, model.get_layer("predictions")(features), name="head")  # shares its weights
     train_ds = data.indexed_pipeline(
-        train_features, train_labels, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed
+        train_features, train_labels, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed, epoch=options["shuffle_epoch"],
     )
     valid_ds = data.indexed_pipeline(valid_features, valid_labels, batch_size=config.batch_size)
     feature_seconds = time.perf_counter() - start
@@ -88,7 +91,7 @@ def _features(extractor: keras.Model, ds) -> tuple[tf.Tensor, tf.Tensor]:
 
 def fine_tune(
     model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory,
-    *, head: PhaseResult, resume: Progress | None = None,
+    *, shuffle_epoch: tf.Variable, head: PhaseResult, resume: Progress | None = None,
 ) -> PhaseResult:
     """Phase 2: the whole base learns too, at a lower rate, with a fresh optimizer.
 
@@ -99,13 +102,14 @@ def fine_tune(
     return _fit_phase(
         FINETUNE, model, train_ds, valid_ds, config, run_dir, extra,
         epochs=config.epochs_finetune, initial_epoch=config.epochs_head,
-        lr=config.lr_finetune, decay=config.decay_finetune, warmup_steps=warmup_steps, resume=resume, head=asdict(head),
+        lr=config.lr_finetune, decay=config.decay_finetune, warmup_steps=warmup_steps, shuffle_epoch=shuffle_epoch,
+        resume=resume, head=asdict(head),
     )
 
 
 def _fit_phase(
     phase, model, train_ds, valid_ds, config, run_dir, extra,
-    *, epochs, initial_epoch, lr, decay, warmup_steps=0, save=None, resume=None, head=None,
+    *, epochs, initial_epoch, lr, decay, shuffle_epoch, warmup_steps=0, save=None, resume=None, head=None,
 ) -> PhaseResult:
     """Fit `model` for a phase (or what is left of it); checkpoints hold `save` (default `model`)."""
     result = PhaseResult(phase=phase, epochs_planned=epochs)
@@ -131,7 +135,7 @@ def _fit_phase(
     guard = DivergenceGuard(config.divergence_factor)
     best = BestCheckpoint(save or model, run_dir / state.STATE, f"{phase}_best", best=progress.best_val_accuracy, guard=guard)
     epoch_state = state.EpochState(run_dir, progress, best, guard, published=run_dir / checkpoint)
-    callbacks = [guard, best, epoch_state, *extra(phase, config)]  # in this order: see EpochState
+    callbacks = [ShuffleEpoch(shuffle_epoch), guard, best, epoch_state, *extra(phase, config)]  # see EpochState
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
     if progress.epochs_done < epochs and not progress.stopped:  # a diverged phase stays over
@@ -219,22 +223,51 @@ def run(
 ) -> RunResult:
     """Load the data, build the model, train both phases and write the run directory.
 
-    With `resume`, `given` is what the user asked for explicitly (see resumed_config).
+    With `resume`, continue the run in config.run_dir (default: the one runs/latest names)
+    from its last finished epoch, start it if there is nothing to resume yet, and return a
+    finished run as it is: re-issuing the same command is always safe. `given` is what the
+    user asked for explicitly (see resumed_config). One process at a time trains a run dir.
     """
-    if resume:
-        run_dir = rundir.find_resumable(config.run_dir, config.runs_root)
-        if not state.has_initial(run_dir):
-            raise FlowerftError(f"{run_dir} was stopped before its training began; start it again with --overwrite")
-        config = resumed_config(run_dir, config, given)
-        progress = Progress.load(run_dir)
+    if resume and not config.run_dir:
+        run_dir = rundir.find_run(None, config.runs_root)
     else:
         run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
+    rundir.check_writable(run_dir)
+    with runlock.hold(run_dir):
+        if resume and (run_dir / "metrics.json").is_file():
+            resumed_config(run_dir, config, given)  # the same command, not another run's
+            notify(f"{run_dir} finished training already; nothing to resume")
+            return RunResult(run_dir, rundir.read_json(run_dir / "metrics.json"), finished_before=True)
+        if resume and state.has_initial(run_dir):
+            config = resumed_config(run_dir, config, given)
+            return _train(run_dir, config, callbacks, notify, resume=True, progress=Progress.load(run_dir))
+        if resume:
+            overwrite = _nothing_trained_yet(run_dir, notify)
+        return _train(run_dir, config, callbacks, notify, resume=False, overwrite=overwrite)
+
+
+def _nothing_trained_yet(run_dir: Path, notify: Callable[[str], None]) -> bool:
+    """`--resume` where no epoch was saved: start the run; True if an unstarted run is replaced."""
+    if not rundir.is_run(run_dir):
+        rundir.check_new(run_dir, overwrite=False)  # refuses a folder that is not empty
+        notify(f"nothing to resume in {run_dir} yet: starting a new run")
+        return False
+    if (run_dir / state.STATE).is_dir() and not any((run_dir / rundir.CHECKPOINTS).glob("*.keras")):
+        notify(f"{run_dir} was stopped before its training began: starting it again")
+        return True
+    raise FlowerftError(f"{run_dir} holds no saved training state to resume; start it again with --overwrite")
+
+
+def _train(
+    run_dir: Path, config: Config, callbacks: CallbackFactory, notify: Callable[[str], None],
+    *, resume: bool, progress: Progress | None = None, overwrite: bool = False,
+) -> RunResult:
+    """Train `run_dir` (its lock held): a fresh run, or a resumed one from `progress` (None: its start)."""
+    if not resume:
         rundir.check_new(run_dir, overwrite)
         rundir.check_latest(config.runs_root)  # before anything is written
-        progress = None
         config = Config(**absolute_paths(to_dict(config)))  # the run must work from any folder
         check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
-    rundir.check_writable(run_dir)
     splits = sources.load_recorded(run_dir, config, ("train", "valid")) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
     # A resumed run takes every weight from its saved state, so it needs no download.
@@ -256,6 +289,8 @@ def run(
         notify(f"skipped {len(splits.skipped)} files that are not readable images: {shown}")
 
     if resume:
+        for folder in (run_dir, run_dir / state.STATE):  # a kill inside a write left these (we hold the lock)
+            rundir.remove_partial_writes(folder)
         state.load_initial(model, run_dir)
         where = f"{progress.phase} epoch {progress.epochs_done + 1}" if progress else "the start"
         notify(f"resuming {run_dir} from {where}")
@@ -271,7 +306,9 @@ def run(
     cache_dir = run_dir / "cache"
     # A file cache that a killed run left half-written is locked; it would fail the pipeline.
     shutil.rmtree(cache_dir, ignore_errors=True)
-    pipe = dict(config=config, cache=cache, cache_dir=cache_dir)
+    # Each epoch's order is a function of (seed, epoch): a resumed run sees what the uninterrupted one would.
+    shuffle_epoch = data.epoch_variable()
+    pipe = dict(config=config, cache=cache, cache_dir=cache_dir, epoch=shuffle_epoch)
     try:
         if cache == "memory":
             notify("decoding and resizing every image once (kept in memory)")
@@ -284,10 +321,11 @@ def run(
             head = PhaseResult(**progress.head)
             freeze_base(base)
         else:
-            head = train_head(model, base, train_ds, valid_ds, config, run_dir, callbacks,
+            head = train_head(model, base, train_ds, valid_ds, config, run_dir, callbacks, shuffle_epoch=shuffle_epoch,
                               unshuffled_train_ds=unshuffled, resume=progress)
         ft_progress = progress if progress and progress.phase == FINETUNE else None
-        finetune = fine_tune(model, base, train_ds, valid_ds, config, run_dir, callbacks, head=head, resume=ft_progress)
+        finetune = fine_tune(model, base, train_ds, valid_ds, config, run_dir, callbacks, shuffle_epoch=shuffle_epoch,
+                             head=head, resume=ft_progress)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; every finished epoch is saved in {run_dir}: continue with "
@@ -311,7 +349,7 @@ def run(
 def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: keras.Model, overwrite: bool) -> None:
     """A new run dir with everything `evaluate`, `predict` and `--resume` need."""
     if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)  # check_new made sure it is a flowerft run (rundir.is_run)
+        rundir.clear_run(run_dir, keep=runlock.LOCK)  # check_new made sure it is a flowerft run
     rundir.make_run_dir(run_dir)
     rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})  # marks a run: rundir.is_run
     rundir.write_json(run_dir / "class_names.json", splits.class_names)

@@ -86,8 +86,10 @@ CASES = {
                                        "batch_size: expected int"),
     "unwritable run dir": (
         lambda t, r: [*TRAIN, "--run-dir", str((t / "f").write_text("x") and t / "f" / "run")], "cannot write to run dir"),
-    "resume without a run": (lambda t, r: [*TRAIN, "--resume", "--run-dir", str((t / "e").mkdir() or t / "e")],
-                             "no saved training state"),
+    "resume without a run": (lambda t, r: [*TRAIN, "--resume"], "no run found (runs/latest is missing)"),
+    "resume a run that lost its state": (
+        lambda t, r: [*TRAIN, "--resume", "--run-dir", str(shutil.copytree(r, t / "lost", ignore=shutil.ignore_patterns(
+            "metrics.json")))], "holds no saved training state to resume"),
     # --- evaluate ---
     "evaluate a folder that is not a run": (lambda t, r: ["evaluate", "--run-dir", str(t)], "holds no config.yaml"),
     "run dir with no model": (

@@ -60,9 +60,19 @@ def test_book_yaml_restates_the_book_recipe():
     assert make_config(path) == book
 
 
-def test_every_shipped_config_loads():
-    for path in (REPO / "configs").glob("*.yaml"):
-        make_config(path)
+def test_every_shipped_config_gives_the_values_it_writes():
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        written = yaml.safe_load(path.read_text())
+        config = make_config(path)
+        for key, value in written.items():
+            assert getattr(config, key) == value, f"{path.name}: {key}"
+        # and what it does not write comes from its recipe, else from the defaults
+        recipe = RECIPES[written.get("recipe", "flowerft")]
+        for key, default in DEFAULTS.items():
+            if key not in written:
+                assert getattr(config, key) == recipe.get(key, default), f"{path.name}: {key}"
 
 
 def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):

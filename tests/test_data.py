@@ -203,3 +203,20 @@ def test_read_image_of_something_that_is_not_a_file_is_a_data_error(tmp_path):
     (tmp_path / "folder.jpg").mkdir()
     with pytest.raises(DataError, match="folder.jpg: cannot be read"):
         data.read_image(tmp_path / "folder.jpg", 32)
+
+
+def test_a_host_that_never_answers_fails_after_the_probe_timeout(monkeypatch):
+    # A listening socket whose one-slot accept queue is already full: the kernel drops the next
+    # handshake, so the probe's connect waits for its timeout (the path a dead network takes),
+    # unlike a closed port, which refuses at once.
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler.connect(server.getsockname())
+        monkeypatch.setattr(sources, "NETWORK_PROBE_SECONDS", 1.5)
+        start = time.monotonic()
+        with pytest.raises(OfflineError, match="timed out") as error:
+            sources.check_online(server.getsockname(), "tf_flowers", "work offline with --data-dir")
+        waited = time.monotonic() - start
+    assert 1.4 <= waited < 5, waited
+    assert str(error.value).count("\n") == 0 and "--data-dir" in str(error.value)

@@ -78,11 +78,12 @@ def head_after_phase(folder, tmp_path, cached: bool):
     model, base = build_model(config, 3)
     run_dir = rundir.make_run_dir(tmp_path / ("cached" if cached else "plain"))
     # The plain loop decodes every epoch; the cached path reads decoded images from memory.
-    train_ds = data.pipeline(splits, "train", config, training=True, cache="none")
+    epoch = data.epoch_variable()
+    train_ds = data.pipeline(splits, "train", config, training=True, cache="none", epoch=epoch)
     valid_ds = data.pipeline(splits, "valid", config, cache="none")
     unshuffled = data.pipeline(splits, "train", config, cache="memory") if cached else None
     result = train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [],
-                              unshuffled_train_ds=unshuffled)
+                              shuffle_epoch=epoch, unshuffled_train_ds=unshuffled)
     return model, result, run_dir
 
 

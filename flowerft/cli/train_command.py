@@ -39,7 +39,7 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
     mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32.")] = False,
     jit_compile: Annotated[bool, typer.Option(help="XLA-compile the training step (GPUs).")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch; start it if nothing is saved yet; a finished run is left as it is (exit 0). Safe to re-issue after any crash or preemption.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run already in --run-dir.")] = False,
 ) -> None:
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""

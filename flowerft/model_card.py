@@ -43,6 +43,16 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def int8_input(report: dict[str, Any], size: int) -> str:
+    row = next((r for r in report["formats"] if r["format"] == "tflite-int8"), None)
+    if row is None:
+        return "- `model_int8.tflite`: not exported this time."
+    scale, zero = row["input"]["scale"], row["input"]["zero_point"]
+    how = ("the pixels as they are" if (scale, zero) == (1.0, 0) else
+           f"pixel / {scale:g} + {zero}, rounded: its calibration images did not span 0-255")
+    return f"- `model_int8.tflite`: uint8 [1, {size}, {size}, 3], quantization scale {scale:g}, zero point {zero}: {how}."
+
+
 def render(report: dict[str, Any], config: Config, metrics: dict[str, Any]) -> str:
     size = report["image_size"]
     names = report["class_names"]
@@ -72,8 +82,7 @@ RGB images of {size} x {size} pixels, values 0-255, no normalisation: the model 
   images of any size (TF Serving's REST API takes them as `{{"b64": ...}}`), decoded and resized inside
   the model as below.
 - `model.tflite`, `model_fp16.tflite`: float32 [1, {size}, {size}, 3], the same 0-255 values.
-- `model_int8.tflite`: uint8 [1, {size}, {size}, 3], the pixels themselves (apply the input's
-  quantization scale and zero point if they are not 1 and 0).
+{int8_input(report, size)}
 
 ## Preprocessing (the same as in training)
 

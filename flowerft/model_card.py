@@ -78,8 +78,8 @@ RGB images of {size} x {size} pixels, values 0-255, no normalisation: the model 
 ({backbone.name}: {SCALING[backbone.scaling]}).
 
 - SavedModel `{IMAGES_SIGNATURE}`: input `{IMAGES_INPUT}`, uint8 [batch, {size}, {size}, 3].
-- SavedModel `{BYTES_SIGNATURE}`: input `{BYTES_INPUT}`, string [batch]: encoded JPEG, PNG, GIF or BMP
-  images of any size (TF Serving's REST API takes them as `{{"b64": ...}}`), decoded and resized inside
+- SavedModel `{BYTES_SIGNATURE}`: input `{BYTES_INPUT}`, string [batch]: encoded JPEG, PNG, GIF, BMP or
+  WebP images of any size (TF Serving's REST API takes them as `{{"b64": ...}}`), decoded and resized inside
   the model as below.
 - `model.tflite`, `model_fp16.tflite`: float32 [1, {size}, {size}, 3], the same 0-255 values.
 {int8_input(report, size)}

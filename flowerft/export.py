@@ -123,6 +123,8 @@ def write_savedmodel(archive: keras.export.ExportArchive, dest: Path) -> None:
             dest.rename(old)
         tmp.rename(dest)
     finally:
+        if old.exists() and not dest.exists():  # stopped between the two renames: put the previous one back
+            old.rename(dest)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -242,3 +243,29 @@ def test_bad_input_is_one_line(exported, tmp_path, args, message):
     run, _ = exported
     line = one_line_error(runner.invoke(app, args(tmp_path, run)))
     assert message in line, line
+
+
+def test_a_new_savedmodel_replaces_the_old_one_whole_and_a_failed_write_keeps_the_old(tmp_path):
+    import keras
+
+    def archive(n_outputs, fail=False):
+        inputs = keras.Input((2,))
+        model = keras.Model(inputs, keras.layers.Dense(n_outputs)(inputs))
+        a = keras.export.ExportArchive()
+        a.add_endpoint("serve", lambda x: model(x), input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        if fail:
+            def write_out(path, **kw):
+                (Path(path) / "saved_model.pb").write_text("half")
+                raise KeyboardInterrupt
+            a.write_out = write_out
+        return a
+
+    dest = tmp_path / "savedmodel"
+    for n in (3, 5):
+        export.write_savedmodel(archive(n), dest)
+        out = tf.saved_model.load(str(dest)).signatures["serve"](x=tf.zeros([1, 2]))
+        assert list(out.values())[0].shape == (1, n)
+    with pytest.raises(KeyboardInterrupt):
+        export.write_savedmodel(archive(7, fail=True), dest)
+    assert list(tf.saved_model.load(str(dest)).signatures["serve"](x=tf.zeros([1, 2])).values())[0].shape == (1, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["savedmodel"]  # no temporary folder left

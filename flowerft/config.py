@@ -122,6 +122,17 @@ class Config:
         _check_values(self)
 
 
+# --- `flowerft export` (not part of a run: an export reads the run and writes beside it) ---
+EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8")
+# int8 calibration: a few hundred training images pin each activation's range; more only cost time.
+REPRESENTATIVE_IMAGES = 300
+# A float format (SavedModel, float32, float16 TFLite) may round a near-tie the other way, no more:
+# top-1 answers differing from the .keras model's on over 0.5% of test images mean a broken export.
+MAX_FLOAT_DISAGREEMENT = 0.005
+# Batch-1 latency is the mean over this many test images (after warm-up calls), not the whole split.
+LATENCY_IMAGES = 100
+
+
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)

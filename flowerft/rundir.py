@@ -35,15 +35,15 @@ LOCK = "train.lock"  # held by the process training the run: flowerft/runlock.py
 CHECKPOINTS = "checkpoints"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write text (or bytes) to a temporary file beside `path`, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600); a run's files follow the umask like any other
         # (0644 usually), so colleagues on a shared server can read them.
         os.chmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -17,11 +17,14 @@ from flowerft.cli.common import console, err_console, fail, import_tensorflow_qu
 def predict(
     images: Annotated[list[str], typer.Argument(help="Image files and folders (a folder means every image in it).")],
     run_dir: Annotated[Optional[str], typer.Option(help="Run whose model predicts (default: the one runs/latest names).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or final.")] = "best",
+    checkpoint: Annotated[Optional[str], typer.Option(help="best or final (default: best).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="An exported model instead of a run: a SavedModel folder or a .tflite file.")] = None,
     top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help='Print [{"path", "top_k": [{"label", "probability"}]}] on stdout.')] = False,
 ) -> None:
-    """Predict the class of image files with a trained run's model."""
+    """Predict the class of image files with a trained run's model, or with a model it exported."""
+    if model is not None and (run_dir is not None or checkpoint is not None):
+        fail(f"--model {model} is a model already: give it without --run-dir and --checkpoint")
     try:
         import_tensorflow_quietly()
         from flowerft import predict as prediction
@@ -29,7 +32,8 @@ def predict(
         # A broken JPEG makes libjpeg and TensorFlow write to stderr themselves; each failure is
         # reported below in one line of ours instead.
         with native_stderr_silenced():
-            predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint, k=top_k)
+            predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint or "best", k=top_k,
+                                                   model_path=model)
     except FlowerftError as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -154,8 +154,8 @@ def _evaluation_part(part) -> str:
     if isinstance(part, Exception) or part is None:
         return _missing(part or "not evaluated")
     e = part
-    html = _table(("images", "accuracy", "top-2 accuracy", "loss", "checkpoint"),
-                  [(e["examples"], pct(e["accuracy"]), pct(e["top2_accuracy"]), _num(e["loss"]), e["checkpoint"])], numeric_from=0)
+    html = _table(("checkpoint", "images", "accuracy", "top-2 accuracy", "loss"),
+                  [(e["checkpoint"], e["examples"], pct(e["accuracy"]), pct(e["top2_accuracy"]), _num(e["loss"]))])
     rows = [*e["per_class"].items(), ("macro avg", e["macro_avg"]), ("weighted avg", e["weighted_avg"])]
     html += "<h3>Per class</h3>" + _table(
         ("class", "precision", "recall", "F1", "support"),

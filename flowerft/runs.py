@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,7 +42,10 @@ class RunRow:
     best: bool = False  # the finished run with the highest validation accuracy
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        row["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))
+        row["wall_time_s"] = None if self.wall_time_s is None else round(self.wall_time_s, 1)
+        return row
 
 
 def is_in_progress(run_dir: Path) -> bool:

@@ -51,5 +51,5 @@ def runs_table(rows, runs_root: str) -> Table:
             f"{r.backbone} {r.image_size}px" if r.backbone else "-", epochs, pct(r.best_val_accuracy), pct(r.test_accuracy),
             "-" if r.wall_time_s is None else f"{r.wall_time_s:.0f} s",
         )
-    table.caption = "val: best validation accuracy; test: test accuracy; * the best finished run by val"
+    table.caption = "val: best validation accuracy; test: test accuracy; *: best finished run"
     return table

@@ -7,6 +7,7 @@ archive or a browser without network. Every value from the run is escaped.
 from __future__ import annotations
 
 import time
+from functools import partial
 from html import escape
 from string import Template
 from typing import TYPE_CHECKING, Any, Iterable
@@ -35,7 +36,7 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 .options { columns: 3 260px; font-size: 13px; } .options div { break-inside: avoid; padding: 1px 0; }
 .options code { color: #5b6570; }
 img.plot { max-width: 100%; height: auto; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 12px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 12px; }
 figure { margin: 0; font-size: 13px; } figure img { width: 160px; height: 160px; object-fit: contain; background: #eceff2; border-radius: 4px; }
 figcaption { word-break: break-all; } .bad { color: #b3261e; } .ok { color: #1e7b34; }
 .missing { color: #8a5a00; background: #fff6e0; border-radius: 6px; padding: 8px 12px; }
@@ -59,7 +60,7 @@ def render(page: Page) -> str:
         _section("The run", _run_part(page)),
         _section("Training curves", _curves_part(page.parts.get("curves"))),
         _section("Test evaluation", _evaluation_part(page.parts.get("evaluation"))),
-        _section("Mistakes", _mistakes_part(page.parts.get("mistakes"))),
+        _section("Mistakes", _mistakes_part(page.parts.get("mistakes"), page.config.get("data_dir"))),
         _section("Warnings", _warnings_part(page.warnings)),
     ]
     return PAGE.substitute(
@@ -169,28 +170,34 @@ def _evaluation_part(part) -> str:
     return html
 
 
-def _figure(x: Example) -> str:
+def _figure(x: Example, data_dir: str | None) -> str:
     image = (f'<img src="{x.thumbnail}" alt="{escape(x.path or f"test image {x.index}")}">' if x.thumbnail
              else '<p class="missing">image file missing</p>')
     verdict = "bad" if x.predicted != x.true else "ok"
-    where = escape(x.path) if x.path else f"test image #{x.index}"
+    where = escape(_within(x.path, data_dir)) if x.path else f"test image #{x.index}"
     return (f"<figure>{image}<figcaption>true <b>{escape(x.true)}</b><br>"
-            f'<span class="{verdict}">predicted <b>{escape(x.predicted)}</b> {x.probability:.1%}</span><br>'
+            f'<span class="{verdict}">predicted <b>{escape(x.predicted)}</b> <nobr>{x.probability:.1%}</nobr></span><br>'
             f"p(true) {x.true_probability:.1%}<br><small>{where}</small></figcaption></figure>")
 
 
-def _mistakes_part(part) -> str:
+def _within(path: str, folder: str | None) -> str:
+    """A test image's path inside the data folder (shown above), which is all that tells them apart."""
+    return path[len(folder):].lstrip("/") if folder and path.startswith(folder.rstrip("/") + "/") else path
+
+
+def _mistakes_part(part, data_dir: str | None) -> str:
     if isinstance(part, Exception) or part is None:
         return _missing(part or "not computed")
+    figure = partial(_figure, data_dir=data_dir)
     wrong, total = part["wrong"], part["wrong_total"]
     if wrong:
         html = (f"<h3>Most confident wrong predictions ({len(wrong)} of the {total} wrong, "
-                f"out of {part['examples']} test images)</h3><div class=grid>{''.join(map(_figure, wrong))}</div>")
+                f"out of {part['examples']} test images)</h3><div class=grid>{''.join(map(figure, wrong))}</div>")
     else:
         html = f"<h3>No wrong predictions on the {part['examples']} test images</h3>"
     html += ("<h3>Worst example of each class</h3><p class=note>The test image of each class to which the model gave "
              "that class the lowest probability (it may still be right).</p>"
-             f"<div class=grid>{''.join(map(_figure, part['worst']))}</div>")
+             f"<div class=grid>{''.join(map(figure, part['worst']))}</div>")
     return html
 
 

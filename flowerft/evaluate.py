@@ -144,7 +144,8 @@ class Evaluation:
 def run(
     run_dir: str | Path | None = None, checkpoint: str = "best", split: str = "test", output: str | Path | None = None
 ) -> Evaluation:
-    """Evaluate a run and write the report beside it, or into `output` (see output_names).
+    """Evaluate a run and write the report, its confusion matrix and the per-image probabilities
+    beside it, or into `output` (see output_names).
 
     A run folder that cannot be written to (shared, archived, read-only) still gets its report:
     only the files are missing, and `not_written` says why and what to do.

@@ -74,11 +74,17 @@ def test_report_evaluates_first_and_embeds_everything(run_copy):
     assert "Missing:" not in text
 
 
-def test_report_evaluates_again_when_the_checkpoint_is_newer(run_copy):
+def test_report_evaluates_again_when_the_checkpoint_is_newer_and_opens_the_page(run_copy, monkeypatch):
     report(run_copy)
     evaluated = (run_copy / "evaluation.json").stat().st_mtime
-    result, _ = report(run_copy)
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda uri: opened.append(uri) or True)
+    result = runner.invoke(app, ["report", "--run-dir", str(run_copy), "--open"])
+    assert result.exit_code == 0 and opened == [(run_copy / "report.html").resolve().as_uri()]
     assert "evaluating" not in result.output and (run_copy / "evaluation.json").stat().st_mtime == evaluated
+    monkeypatch.setattr("webbrowser.open", lambda uri: False)  # no browser (a server, say)
+    result = runner.invoke(app, ["report", "--run-dir", str(run_copy), "--open"])
+    assert result.exit_code == 0 and "no browser found" in result.output
     metrics = json.loads((run_copy / "metrics.json").read_text())
     os.utime(run_copy / metrics["best_checkpoint"], (evaluated + 10, evaluated + 10))
     result, _ = report(run_copy)

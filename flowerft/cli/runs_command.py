@@ -11,12 +11,13 @@ from rich.table import Table
 
 from flowerft.errors import FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import console, fail, pct
+from flowerft.cli.common import console, default, fail, pct
+from flowerft.config import DEFAULTS
 
 
 @app.command()
 def runs(
-    runs_root: Annotated[str, typer.Option(help="Folder holding the runs.")] = "runs",
+    runs_root: Annotated[str, typer.Option(help="Folder holding the runs" + default("runs_root"), show_default=False)] = DEFAULTS["runs_root"],
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as a JSON list on stdout and nothing else.")] = False,
 ) -> None:
     """List the runs: status, backbone, epochs, best validation and test accuracy, wall time."""

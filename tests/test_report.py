@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 
@@ -135,3 +136,25 @@ def test_a_failing_plot_does_not_fail_training(tmp_path, monkeypatch):
     (tmp_path / "history.json").write_text(json.dumps([{"phase": "head", "epoch": 1, "loss": 1.0}]))
     message = curves.write_after_training(tmp_path)
     assert "could not draw" in message and "no fonts" in message and "flowerft report" in message
+
+
+def test_report_of_a_tfds_run_shows_the_test_images_from_the_dataset(run_copy, tmp_path, monkeypatch):
+    """A TFDS run has no files to show: the report takes each image from the recorded test split."""
+    import tensorflow_datasets as tfds
+    import yaml
+
+    from flowerft import sources
+
+    monkeypatch.setattr(sources, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    report(run_copy)  # evaluated as a folder run; now make it the TFDS run it could have been
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(config | {"data_dir": None, "tfds_data_dir": str(tmp_path / "tfds")}))
+    (run_copy / "splits.json").unlink()
+    predictions = json.loads((run_copy / "predictions.json").read_text())
+    (run_copy / "predictions.json").write_text(json.dumps(predictions | {"paths": None}))
+    with tfds.testing.mock_data(num_examples=5):
+        result, html = report(run_copy)
+    assert "evaluating" not in result.output  # the images come from the dataset, not a new evaluation
+    thumbnails = [src for tag, src in Page(html).sources if tag == "img" and src.startswith("data:image/jpeg")]
+    assert re.search(r"test image #\d+", html) and "image file missing" not in html
+    assert len(thumbnails) == html.count("<figure>") >= 3  # every example shown, each class's worst at least

@@ -128,7 +128,7 @@ def _run_part(page: Page) -> str:
     phases = metrics.get("phases")
     if phases:
         html += "<h3>Phases</h3>" + _table(
-            ("phase", "epochs", "best epoch", "best val acc", "val loss there", "last val acc", "wall time", "stopped early"),
+            ("phase", "epochs", "best epoch", "best val acc", "its val loss", "last val acc", "wall time", "stopped early"),
             [(name + (" (best)" if name == metrics.get("best_phase") else ""), f"{p['epochs_run']}/{p['epochs_planned']}",
               p.get("best_epoch") or "-", pct(p.get("best_val_accuracy")), _num(p.get("best_epoch_val_loss")),
               pct(p.get("last_val_accuracy")), f"{p.get('wall_time_s', 0):.0f} s", p.get("stopped_because") or "no")

@@ -33,7 +33,7 @@ section { background: #fff; border: 1px solid #dde1e6; border-radius: 8px; paddi
 table { border-collapse: collapse; margin: 0 0 8px; }
 th, td { padding: 4px 12px 4px 0; text-align: left; border-bottom: 1px solid #eceff2; vertical-align: top; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
-.options { columns: 3 260px; font-size: 13px; } .options div { break-inside: avoid; padding: 1px 0; }
+.options { columns: 3 260px; font-size: 13px; } .options div { break-inside: avoid; padding: 1px 0; overflow-wrap: anywhere; }
 .options code { color: #5b6570; }
 img.plot { max-width: 100%; height: auto; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 12px; }

@@ -76,7 +76,8 @@ def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",
     page.warnings += (page.metrics or {}).get("warnings", [])
     skipped = _read(path / "skipped_files.json") or []
     if skipped:
-        page.warnings.append(f"{len(skipped)} files of the data folder are not readable images and were left out: "
+        page.warnings.append(f"{len(skipped)} file{'s' if len(skipped) > 1 else ''} of the data folder "
+                             "left out of every split, not readable as images: "
                              + ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     try:
         rundir.write_atomic(path / REPORT, report_page.render(page))

@@ -108,9 +108,11 @@ def test_moved_test_images_leave_the_evaluation_missing_not_a_crash(run_copy, tm
     splits = json.loads((run_copy / "splits.json").read_text())
     splits["test"] = [[str(tmp_path / "gone.jpg"), 0]] + splits["test"][1:]
     (run_copy / "splits.json").write_text(json.dumps(splits))
+    (run_copy / "skipped_files.json").write_text(json.dumps(["/data/flowers/roses/empty.jpg"]))
     _, html = report(run_copy)
     text = " ".join(Page(html).text)
     assert "Missing: could not evaluate:" in text and "gone.jpg" in text
+    assert "1 file of the data folder left out of every split, not readable as images: /data/flowers/roses/empty.jpg" in text
     assert "Training curves" in text and "Missing: no epoch" not in text
 
 

@@ -6,7 +6,6 @@ Everything comes from the run directory: the config, the class names, the split'
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import keras
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from flowerft import data, rundir, runlock, sources
+from flowerft import data, figures, rundir, runlock, sources
 from flowerft.config import Config, make_config
 from flowerft.errors import FlowerftError
 
@@ -109,36 +108,33 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]
 
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
     size = 2.5 + 0.8 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size, size))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        # Class names in scripts the installed fonts lack (CJK, say) are drawn as boxes: the
-        # numbers are what matters, so matplotlib's "Glyph ... missing" warnings are not shown.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Glyph .* missing from")
-            ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(
-                ax=ax, colorbar=False, xticks_rotation=45
-            )
-            ax.set_title(title)
-            fig.tight_layout()
-            fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    fig, ax = figures.pyplot().subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title(title)
+    figures.save_figure(fig, path)
 
 
-def output_names(split: str, checkpoint: str) -> tuple[str, str]:
-    """evaluation.json / confusion_matrix.png for the default; suffixed names otherwise."""
+def output_names(split: str, checkpoint: str) -> tuple[str, str, str]:
+    """evaluation.json / confusion_matrix.png / predictions.json for the default; suffixed names otherwise."""
     suffix = "" if (split, checkpoint) == ("test", "best") else f"_{split}_{checkpoint}"
-    return f"evaluation{suffix}.json", f"confusion_matrix{suffix}.png"
+    return f"evaluation{suffix}.json", f"confusion_matrix{suffix}.png", f"predictions{suffix}.json"
+
+
+def per_image(run_dir: Path, split: str, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Each image's true label and probabilities, in the split's order (what `report` shows mistakes from).
+
+    A folder run names each image's file (from splits.json); a TFDS run has only its position in the split.
+    """
+    files = run_dir / "splits.json"
+    return {
+        "split": split,
+        "paths": [p for p, _ in rundir.read_json(files)[split]] if files.is_file() else None,
+        "labels": labels.astype(int).tolist(),
+        "probabilities": np.round(probabilities.astype(float), 6).tolist(),
+    }
 
 
 @dataclass
@@ -151,7 +147,8 @@ class Evaluation:
 def run(
     run_dir: str | Path | None = None, checkpoint: str = "best", split: str = "test", output: str | Path | None = None
 ) -> Evaluation:
-    """Evaluate a run and write the report beside it, or into `output` (see output_names).
+    """Evaluate a run and write the report, its confusion matrix and the per-image probabilities
+    beside it, or into `output` (see output_names).
 
     A run folder that cannot be written to (shared, archived, read-only) still gets its report:
     only the files are missing, and `not_written` says why and what to do.
@@ -178,6 +175,8 @@ def run(
         plot_confusion_matrix(result["confusion_matrix"], class_names, files[1],
                               f"{path.name}: {split} split, {checkpoint} checkpoint")
         written.append(files[1])
+        rundir.write_json(files[2], per_image(path, split, probabilities, labels))
+        written.append(files[2])
     except OSError as e:
         missing = " and ".join(f.name for f in files if f not in written)
         where = "give --output DIR to write them elsewhere" if output is None else "give another --output"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import shutil
 import time
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import data, rundir, runlock, sources, state
+from flowerft import curves, data, rundir, runlock, sources, state
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
@@ -172,6 +173,14 @@ def devices() -> str:
     if gpus:
         return f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}"
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def environment() -> dict[str, str]:
+    """Where a run trained, for its report: the same recipe can differ across versions and devices."""
+    return {
+        "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
+        "platform": platform.platform(terse=True), "device": devices(),
+    }
 
 
 def precision_policy(config: Config) -> str:
@@ -340,9 +349,13 @@ def _train(
     metrics["precision_policy"] = precision_policy(config)
     metrics["cache"] = cache
     metrics["recipe"] = config.recipe
+    metrics["split_sizes"] = splits.sizes
+    metrics["environment"] = environment()
     rundir.write_json(run_dir / "history.json", head.history + finetune.history)
     rundir.write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / state.STATE, ignore_errors=True)  # finished: nothing left to resume
+    if problem := curves.write_after_training(run_dir):
+        notify(problem)
     return RunResult(run_dir, metrics)
 
 

@@ -22,7 +22,9 @@ def main_options() -> None:
 
 
 # Each module registers its command on `app` (the order here is the order of `--help`).
-from flowerft.cli import train_command, evaluate_command, predict_command, export_command  # noqa: E402,F401
+from flowerft.cli import (  # noqa: E402,F401
+    train_command, evaluate_command, predict_command, export_command, report_command, runs_command,
+)
 from flowerft.cli.train_command import phase_table  # noqa: E402,F401
 
 

@@ -20,7 +20,7 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="best (best validation accuracy over both phases) or final.")] = "best",
     split: Annotated[str, typer.Option(help="test or valid, as recorded by training.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout and nothing else.")] = False,
-    output: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json and the confusion-matrix PNG (default: the run dir).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json, predictions.json and the confusion-matrix PNG (default: the run dir).")] = None,
 ) -> None:
     """Evaluate a trained run: loss, accuracy, top-2, per-class report and confusion matrix."""
     try:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from flowerft.errors import FlowerftError
 from flowerft.cli import app
@@ -50,10 +54,40 @@ def predict(
 
 def prediction_table(predictions, k: int) -> Table:
     table = Table(title="Predictions")
-    table.add_column("image", overflow="fold")
+    table.add_column("image")
     for rank in range(1, k + 1):
-        table.add_column(f"#{rank}")
+        table.add_column(f"#{rank}", no_wrap=True)
     for p in predictions:
         cells = [f"{t['label']} {t['probability']:.1%}" for t in p.top_k]
-        table.add_row(p.path, *cells, *[""] * (k - len(cells)))
+        table.add_row(PathCell(shown_path(p.path)), *cells, *[""] * (k - len(cells)))
     return table
+
+
+def shown_path(path: str) -> str:
+    """Relative to the current folder when inside it (shorter, and what the user would type)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return path
+
+
+class PathCell:
+    """A path that wraps only after a "/" (Rich folds anywhere: `dog` on one line, `.jpg` on the next),
+    so each line holds whole folder and file names; only a name wider than the column is cut."""
+
+    def __init__(self, path: str):
+        self.parts = re.findall(r"[^/]*/|[^/]+$", path) or [path]
+
+    def __rich_measure__(self, console, options):
+        return Measurement(max(map(len, self.parts)), len("".join(self.parts)))
+
+    def __rich_console__(self, console, options):
+        lines, line = [], ""
+        for part in self.parts:
+            if line and len(line) + len(part) > options.max_width:
+                lines.append(line)
+                line = ""
+            line += part
+        lines.append(line)
+        for text in lines:
+            yield Text(text, overflow="fold")

@@ -1,0 +1,44 @@
+"""`flowerft report`: one HTML page on a run (curves, evaluation, mistakes), optionally opened in a browser."""
+
+from __future__ import annotations
+
+import webbrowser
+from typing import Annotated, Optional
+
+import typer
+
+from flowerft.errors import FlowerftError
+from flowerft.cli import app
+from flowerft.cli.common import console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Optional[str], typer.Option(help="Run to report on (default: the one runs/latest names).")] = None,
+    open_page: Annotated[bool, typer.Option("--open", help="Open the page in the default browser, when there is one.")] = False,
+) -> None:
+    """Write R/report.html: the run, its training curves, the test evaluation and its worst mistakes."""
+    try:
+        import_tensorflow_quietly()  # evaluating first, when needed, loads the model
+        from flowerft import report as reporting
+
+        def notify(message: str) -> None:
+            console.print(message, highlight=False, soft_wrap=True)
+
+        with native_stderr_silenced():
+            page = reporting.run(run_dir, notify=notify)
+    except FlowerftError as e:
+        fail(str(e))
+    except KeyboardInterrupt:  # nothing half-written: every file is renamed into place
+        fail("interrupted", code=130)
+    console.print(f"Written: {page}", highlight=False, soft_wrap=True)
+    if open_page and not _open(page.resolve().as_uri()):
+        err_console.print(f"[bold yellow]Warning:[/] no browser found to open it; open {page} yourself",
+                          highlight=False, soft_wrap=True)
+
+
+def _open(uri: str) -> bool:
+    try:
+        return webbrowser.open(uri)
+    except webbrowser.Error:
+        return False

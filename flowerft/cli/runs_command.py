@@ -1,0 +1,56 @@
+"""`flowerft runs`: the runs under a runs root as a table (or JSON), newest first."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from flowerft.errors import FlowerftError
+from flowerft.cli import app
+from flowerft.cli.common import console, default, fail, pct
+from flowerft.config import DEFAULTS
+
+
+@app.command()
+def runs(
+    runs_root: Annotated[str, typer.Option(help="Folder holding the runs" + default("runs_root"), show_default=False)] = DEFAULTS["runs_root"],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as a JSON list on stdout and nothing else.")] = False,
+) -> None:
+    """List the runs: status, backbone, epochs, best validation and test accuracy, wall time."""
+    from flowerft import runs as run_list
+
+    try:
+        rows = run_list.list_runs(runs_root)
+    except FlowerftError as e:
+        fail(str(e))
+    if as_json:
+        print(run_list.to_json(rows))
+    elif not rows:
+        console.print(f"No runs in {runs_root}.", highlight=False)
+    else:
+        console.print(runs_table(rows, runs_root))
+
+
+def runs_table(rows, runs_root: str) -> Table:
+    # Eight columns in 80 characters: no vertical rules, one space between columns, names and
+    # backbones kept whole (a person greps them); a status and a model take two lines rather than
+    # Rich's share of the width (which cuts off the last column).
+    table = Table(title=f"Runs in {runs_root}", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    whole = {"run": max(len(r.name) + 2 * r.best for r in rows), "started": 11, "status": 11,
+             "model": max(5, *(len(r.backbone or "") for r in rows)), "epochs": 6, "val": 6, "test": 6, "time": 6}
+    for column in whole:
+        table.add_column(column, justify="left" if column in ("run", "started", "status", "model") else "right",
+                         min_width=whole[column], width=whole[column] if column in ("status", "model") else None)
+    for r in rows:
+        epochs = "-" if r.epochs_planned is None else f"{r.epochs_run or 0}/{r.epochs_planned}"
+        table.add_row(
+            r.name + (" *" if r.best else ""), time.strftime("%m-%d %H:%M", time.localtime(r.started)), r.status,
+            f"{r.backbone} {r.image_size}px" if r.backbone else "-", epochs, pct(r.best_val_accuracy), pct(r.test_accuracy),
+            "-" if r.wall_time_s is None else f"{r.wall_time_s:.0f} s",
+        )
+    table.caption = "val: best validation accuracy; test: test accuracy; *: best finished run"
+    return table

@@ -1,0 +1,99 @@
+"""flowerft runs: finished, interrupted, in-progress and foreign folders, newest first, the best marked."""
+
+import json
+import os
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flowerft import runlock, runs
+from flowerft.cli import app
+
+from conftest import one_line_error
+
+runner = CliRunner()
+CONFIG = dict(backbone="xception", image_size=96, epochs_head=3, lr_head=0.02, epochs_finetune=2, lr_finetune=0.001)
+
+
+def make_run(root, name, started, *, finished=None, interrupted=None, evaluated=None):
+    """A run dir as `train` leaves it: config.yaml, then metrics.json (finished) or state/ (interrupted)."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    if finished is not None:
+        phases = {"head": {"epochs_run": 3, "wall_time_s": 40.0}, "finetune": {"epochs_run": 2, "wall_time_s": 260.0}}
+        (run / "metrics.json").write_text(json.dumps({"phases": phases, "best_val_accuracy": finished}))
+    if interrupted is not None:
+        (run / "state").mkdir()
+        (run / "state" / "initial.weights.h5").write_bytes(b"")
+        head = {"history": [{"epoch": e, "val_accuracy": v} for e, v in enumerate(interrupted, 1)], "wall_time_s": 30.0}
+        progress = {"phase": "finetune", "history": [{"epoch": 4, "val_accuracy": 0.5}], "wall_time_s": 100.0, "head": head}
+        (run / "state" / "progress.json").write_text(json.dumps(progress))
+    if evaluated is not None:
+        (run / "evaluation.json").write_text(json.dumps({"accuracy": evaluated}))
+    os.utime(run / "config.yaml", (started, started))
+    return run
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "old-good", 1_000, finished=0.97, evaluated=0.961)
+    make_run(root, "newer-worse", 2_000, finished=0.90)
+    make_run(root, "killed", 3_000, interrupted=[0.8, 0.93, 0.9])
+    make_run(root, "died-early", 4_000)  # config.yaml only: stopped before training began
+    (root / "holiday-photos").mkdir()
+    (root / "holiday-photos" / "beach.jpg").write_bytes(b"x")
+    os.utime(root / "holiday-photos", (500, 500))
+    (root / "latest").write_text("killed\n")  # flowerft's pointer: a file, not a run
+    return root
+
+
+def test_each_folder_gets_its_status_and_figures_newest_first(root):
+    rows = {r.name: r for r in runs.list_runs(root)}
+    assert [r.name for r in runs.list_runs(root)] == ["died-early", "killed", "newer-worse", "old-good", "holiday-photos"]
+    assert rows["old-good"].status == "finished" and rows["old-good"].best
+    assert (rows["old-good"].epochs_run, rows["old-good"].epochs_planned) == (5, 5)
+    assert rows["old-good"].test_accuracy == 0.961 and rows["old-good"].wall_time_s == 300.0
+    assert not rows["newer-worse"].best and rows["newer-worse"].test_accuracy is None
+    killed = rows["killed"]
+    assert killed.status == "interrupted (resumable)" and not killed.best
+    assert (killed.epochs_run, killed.best_val_accuracy, killed.wall_time_s) == (4, 0.93, 130.0)
+    assert rows["died-early"].status == "incomplete"
+    assert rows["holiday-photos"].status == "not a run" and rows["holiday-photos"].backbone is None
+
+
+def test_a_run_whose_lock_is_held_is_in_progress(root):
+    (root / "killed" / runlock.LOCK).write_text("process 1 on gone, since yesterday\n")
+    assert runs.status(root / "killed") == "interrupted (resumable)"  # a lock file nobody holds: a killed run
+    with runlock.hold(root / "killed"):  # as `train` does while it trains
+        assert runs.status(root / "killed") == "in progress"
+    assert runs.status(root / "killed") == "interrupted (resumable)"
+
+
+def test_runs_table_reads_at_80_columns(root):
+    result = runner.invoke(app, ["runs", "--runs-root", str(root)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80
+    for name in ("old-good *", "newer-worse", "killed", "died-early", "holiday-photos"):
+        assert any(name in line for line in lines), name  # names whole, on one line
+    row = next(line for line in lines if "old-good" in line)
+    assert "97.0%" in row and "96.1%" in row and "5/5" in row and "300 s" in row
+    assert "interrupted" in result.output and "(resumable)" in result.output and "not a run" in result.output
+
+
+def test_runs_json(root):
+    result = runner.invoke(app, ["runs", "--runs-root", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows if r["best"]] == ["old-good"]
+    assert rows[0]["status"] == "incomplete" and rows[0]["started"].startswith("1970-01-01")
+
+
+def test_runs_errors_and_empty_root(tmp_path):
+    assert "is not a folder" in one_line_error(runner.invoke(app, ["runs", "--runs-root", str(tmp_path / "nope")]))
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["runs", "--runs-root", str(tmp_path / "empty")])
+    assert result.exit_code == 0 and "No runs in" in result.output

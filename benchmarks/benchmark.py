@@ -7,6 +7,7 @@ Prints four figures as ratios (targets from the speed issue in brackets):
   (b) fine-tune images/s, flowerft's fit / bare train_on_batch on in-memory data [>= 0.95]
   (c) input pipeline images/s / the model's fine-tune consumption               [>= 10]
   (d) peak RSS of a `flowerft train` run, and of bare Keras training the same net [<= 3 GB at 224 px, batch 32]
+  (e) fine-tune images/s through the tf.distribute strategy path / the default path [>= 0.9]
 on a generated folder of flower-like JPEGs (240-500 px). Weights are random (`none`): speed
 does not depend on them, and this machine has no network.
 """
@@ -182,6 +183,37 @@ def bare_rss(image_size: int, batch_size: int, backbone: str) -> float:
     return float(out.stdout.split()[-1])
 
 
+def strategy_overhead(config, steps: int) -> dict[str, float]:
+    """(e) fine-tune images/s through flowerft's tf.distribute path (MirroredStrategy over this
+    machine's devices: one CPU here) and on the default one-device path, fit for fit."""
+    import keras
+
+    from flowerft import data, distribute, sources
+    from flowerft.model import build_model, compile_for_phase, unfreeze_base
+
+    splits = sources.load(config)
+    train_ds = data.pipeline(splits, "train", config, training=True, cache="memory").repeat()
+    rates = {}
+    for mode in ("none", "mirrored", "none", "mirrored"):  # twice each, interleaved: the faster counts
+        strategy = distribute.make_strategy(mode)
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            model, base = build_model(config, len(splits.class_names))
+            unfreeze_base(base)
+            compile_for_phase(model, lr=config.lr_finetune, decay=config.decay_finetune, momentum=config.momentum,
+                              clipnorm=config.clipnorm)
+        times = []
+        timer = keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()),
+            on_epoch_end=lambda epoch, logs: times.append(time.perf_counter()))
+        model.fit(train_ds, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)  # epoch 1 traces
+        rate = steps * config.batch_size / (times[3] - times[2])
+        rates[mode] = max(rates.get(mode, 0.0), rate)
+        del model
+        keras.backend.clear_session()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="xception")
@@ -216,6 +248,11 @@ def main() -> None:
     print(f"(c) input pipeline: {cold_rate:.0f} img/s decoding JPEGs, {warm_rate:.0f} img/s from the memory cache "
           f"-> {cold_rate / fit_rate:.0f}x and {warm_rate / fit_rate:.0f}x the fine-tune consumption (target >= 10)",
           flush=True)
+
+    rates = strategy_overhead(config, args.steps)
+    print(f"(e) tf.distribute path: fine-tune {rates['mirrored']:.2f} img/s through MirroredStrategy (this machine's "
+          f"devices), {rates['none']:.2f} img/s on the default path -> ratio {rates['mirrored'] / rates['none']:.3f} "
+          "(target >= 0.9)", flush=True)
 
     rss_folder = make_flowers(work / "rss", args.rss_images, seed=1)
     rss = peak_rss(rss_folder, args.rss_image_size, args.batch_size, args.backbone, work / "rss-run")

@@ -21,6 +21,7 @@ from flowerft.errors import ConfigError
 
 
 CACHE_MODES = ("auto", "memory", "file", "none")
+DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker", "tpu")
 SCHEDULES = ("cosine", "inverse_time")
 
 # Named recipes: the values each one sets, between the dataclass defaults and a config file.
@@ -109,6 +110,10 @@ class Config:
     mixed_precision: bool = False
     # XLA-compile the training step.
     jit_compile: bool = False
+    # tf.distribute strategy (flowerft/distribute.py): "auto" mirrors over every GPU when there
+    # are several, else trains on one device; "none", "mirrored", "multiworker" (TF_CONFIG), "tpu".
+    # batch_size is the global batch, split across replicas.
+    distribute: str = "auto"
 
     # --- output ---
     # None means <runs_root>/<timestamp>; `evaluate` and `predict` find it via <runs_root>/latest.
@@ -188,6 +193,7 @@ def _check_values(c: Config) -> None:
     need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")
     need(c.clipnorm is None or c.clipnorm >= 0, "clipnorm", "must be 0 or more (0 or null: no clipping)")
     need(c.weights != "", "weights", "must be imagenet, none or a weights file")
+    need(c.distribute in DISTRIBUTE_MODES, "distribute", f"must be one of {', '.join(DISTRIBUTE_MODES)}")
     need(c.cache in CACHE_MODES, "cache", f"must be one of {', '.join(CACHE_MODES)}")
     need(c.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}")
     need(c.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")

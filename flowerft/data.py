@@ -163,7 +163,12 @@ def indexed_pipeline(
 def _finish(ds: tf.data.Dataset, augment) -> tf.data.Dataset:
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Multi-worker runs shard each batch across workers (every worker reads the whole pipeline and
+    # keeps its part): the default, sharding by file, cannot work on a list of file names or on
+    # in-memory tensors, and this keeps each global batch what it is on one device.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def make_augmenter(seed: int) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -192,7 +192,8 @@ def _is_pointer(pointer: Path) -> bool:
     if len(lines) != 1 or not lines[0].strip():
         return False
     target = pointer.parent / lines[0].strip()
-    return is_run(target) or not target.exists()
+    # A run, a run since deleted, or one starting now (its folder holds only the lock so far).
+    return is_run(target) or not target.exists() or (target.is_dir() and {p.name for p in target.iterdir()} <= {LOCK})
 
 
 def set_latest(run_dir: Path, runs_root: str | Path) -> None:

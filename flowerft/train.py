@@ -11,6 +11,7 @@ import dataclasses
 import os
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import curves, data, rundir, runlock, sources, state
+from flowerft import curves, data, distribute, rundir, runlock, sources, state
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
@@ -66,11 +67,12 @@ def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, 
     shuffled exactly as the image pipeline shuffles its items, so each step sees the same images.
     """
     start = time.perf_counter()
-    extractor = keras.Model(model.input, model.get_layer("avg_pool").output)
-    train_features, train_labels = _features(extractor, unshuffled_train_ds)
-    valid_features, valid_labels = _features(extractor, valid_ds)
-    features = keras.Input(shape=(int(train_features.shape[1]),), name="features")
-    head = keras.Model(features, model.get_layer("predictions")(features), name="head")  # shares its weights
+    with model.distribute_strategy.scope():  # the head trains under the model's strategy
+        extractor = keras.Model(model.input, model.get_layer("avg_pool").output)
+        train_features, train_labels = _features(extractor, unshuffled_train_ds)
+        valid_features, valid_labels = _features(extractor, valid_ds)
+        features = keras.Input(shape=(int(train_features.shape[1]),), name="features")
+        head = keras.Model(features, model.get_layer("predictions")(features), name="head")  # shares its weights
     train_ds = data.indexed_pipeline(
         train_features, train_labels, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer,
         seed=config.seed, epoch=options["shuffle_epoch"],
@@ -83,9 +85,12 @@ def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, 
 
 
 def _features(extractor: keras.Model, ds) -> tuple[tf.Tensor, tf.Tensor]:
+    # Called directly, not through predict_on_batch: under MultiWorkerMirroredStrategy predict
+    # gathers every worker's batch, and each worker computes every feature itself here.
+    extract = tf.function(lambda images: tf.cast(extractor(images, training=False), tf.float32))
     features, labels = [], []
     for images, y in ds:
-        features.append(tf.cast(extractor.predict_on_batch(images), tf.float32))
+        features.append(extract(images))
         labels.append(y)
     return tf.concat(features, 0), tf.concat(labels, 0)
 
@@ -119,7 +124,7 @@ def _fit_phase(
     steps = epochs * steps_per_epoch(train_ds) if config.schedule == "cosine" else None
     # Recompile after changing `trainable`, with a new optimizer: the old one's momentum
     # belongs to other variables and another learning rate.
-    with tf.distribute.get_strategy().scope():
+    with model.distribute_strategy.scope():  # the optimizer's variables are the strategy's
         compile_for_phase(
             model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm,
             schedule=config.schedule, steps=steps, warmup_steps=warmup_steps,
@@ -132,7 +137,8 @@ def _fit_phase(
     if resume:
         state.finish_commit(run_dir, progress, run_dir / checkpoint)
     if progress.weights:
-        state.load_fitted(model, run_dir, progress)  # weights, momentum and step count
+        with model.distribute_strategy.scope():
+            state.load_fitted(model, run_dir, progress)  # weights, momentum and step count
     guard = DivergenceGuard(config.divergence_factor)
     best = BestCheckpoint(save or model, run_dir / state.STATE, f"{phase}_best", best=progress.best_val_accuracy, guard=guard)
     epoch_state = state.EpochState(run_dir, progress, best, guard, published=run_dir / checkpoint)
@@ -140,15 +146,16 @@ def _fit_phase(
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
     if progress.epochs_done < epochs and not progress.stopped:  # a diverged phase stays over
-        model.fit(
-            train_ds,
-            validation_data=valid_ds,
-            initial_epoch=initial_epoch + progress.epochs_done,  # no finished epoch runs twice
-            epochs=initial_epoch + epochs,
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
-            verbose=0,
-        )
+        with distribute.keras_fit(model, train_ds):
+            model.fit(
+                train_ds,
+                validation_data=valid_ds,
+                initial_epoch=initial_epoch + progress.epochs_done,  # no finished epoch runs twice
+                epochs=initial_epoch + epochs,
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
+                verbose=0,
+            )
     result.stopped_because = guard.reason or progress.stopped
     result.add_history(progress.history, diverged=result.stopped_because is not None)
     result.wall_time_s = progress.wall_time_s
@@ -168,11 +175,11 @@ def one_hot_labels(ds: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
     return ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def devices() -> str:
+def devices(strategy: tf.distribute.Strategy | None = None) -> str:
     gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        return f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}"
-    return f"CPU ({os.cpu_count()} cores)"
+    where = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}" if gpus else f"CPU ({os.cpu_count()} cores)"
+    how = distribute.describe(strategy) if strategy is not None else ""
+    return f"{where}, {how}" if how else where
 
 
 def environment() -> dict[str, str]:
@@ -211,14 +218,15 @@ def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | Non
     # Normalised as a Config would hold them (1 is 1.0, clipnorm 0 is None), to compare like with like.
     wanted = to_dict(Config(**(to_dict(saved) | given)))
     for key, value in given.items():
-        if key in ("run_dir", "runs_root") or (key == "recipe" and "recipe" not in recorded):
-            continue  # where a run lives is not how it trains; runs before recipes recorded values only
+        if key in ("run_dir", "runs_root", "distribute") or (key == "recipe" and "recipe" not in recorded):
+            continue  # where a run lives and runs is not how it trains; runs before recipes recorded values only
         if wanted[key] != getattr(saved, key):
             raise FlowerftError(
                 f"{run_dir} was trained with {key}={getattr(saved, key)!r}, not {value!r}; resume with the "
                 "run's own options (or none), or start a new run with another --run-dir"
             )
-    return saved
+    # A run may resume on other hardware (a multi-GPU run on one GPU): the strategy is today's.
+    return dataclasses.replace(saved, distribute=requested.distribute)
 
 
 def run(
@@ -237,22 +245,39 @@ def run(
     finished run as it is: re-issuing the same command is always safe. `given` is what the
     user asked for explicitly (see resumed_config). One process at a time trains a run dir.
     """
+    distribute.check(config)
+    strategy = distribute.make_strategy(config.distribute)  # first: see make_strategy
+    if not distribute.is_chief(strategy):
+        # Another worker of a multi-worker run: it trains in step with the chief, and what it
+        # writes goes to a temporary folder (only the chief writes the run dir).
+        chief_dir = Path(config.run_dir)
+        with tempfile.TemporaryDirectory(prefix="flowerft-worker-") as folder:
+            local = distribute.worker_copy(chief_dir, Path(folder)) if resume else Path(folder) / chief_dir.name
+            config = dataclasses.replace(config, run_dir=str(local), runs_root=folder)
+            result = _run_in(local, config, strategy, callbacks, notify, resume=resume, overwrite=False, given=given)
+        return RunResult(chief_dir, result.metrics, result.finished_before)
     if resume and not config.run_dir:
         run_dir = rundir.find_run(None, config.runs_root)
     else:
         run_dir = Path(config.run_dir) if config.run_dir else rundir.new_run_dir(config.runs_root)
+    return _run_in(run_dir, config, strategy, callbacks, notify, resume=resume, overwrite=overwrite, given=given)
+
+
+def _run_in(run_dir, config, strategy, callbacks, notify, *, resume, overwrite, given) -> RunResult:
+    """`run` once the run dir and the strategy are known: one process at a time in `run_dir`."""
     rundir.check_writable(run_dir)
     with runlock.hold(run_dir):
         if resume and (run_dir / "metrics.json").is_file():
             resumed_config(run_dir, config, given)  # the same command, not another run's
             notify(f"{run_dir} finished training already; nothing to resume")
             return RunResult(run_dir, rundir.read_json(run_dir / "metrics.json"), finished_before=True)
+        train_run = dict(callbacks=callbacks, notify=notify, strategy=strategy)
         if resume and state.has_initial(run_dir):
             config = resumed_config(run_dir, config, given)
-            return _train(run_dir, config, callbacks, notify, resume=True, progress=Progress.load(run_dir))
+            return _train(run_dir, config, **train_run, resume=True, progress=Progress.load(run_dir))
         if resume:
             overwrite = _nothing_trained_yet(run_dir, notify)
-        return _train(run_dir, config, callbacks, notify, resume=False, overwrite=overwrite)
+        return _train(run_dir, config, **train_run, resume=False, overwrite=overwrite)
 
 
 def _nothing_trained_yet(run_dir: Path, notify: Callable[[str], None]) -> bool:
@@ -268,8 +293,8 @@ def _nothing_trained_yet(run_dir: Path, notify: Callable[[str], None]) -> bool:
 
 
 def _train(
-    run_dir: Path, config: Config, callbacks: CallbackFactory, notify: Callable[[str], None],
-    *, resume: bool, progress: Progress | None = None, overwrite: bool = False,
+    run_dir: Path, config: Config, *, callbacks: CallbackFactory, notify: Callable[[str], None],
+    strategy: tf.distribute.Strategy, resume: bool, progress: Progress | None = None, overwrite: bool = False,
 ) -> RunResult:
     """Train `run_dir` (its lock held): a fresh run, or a resumed one from `progress` (None: its start)."""
     if not resume:
@@ -277,13 +302,14 @@ def _train(
         rundir.check_latest(config.runs_root)  # before anything is written
         config = Config(**absolute_paths(to_dict(config)))  # the run must work from any folder
         check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
+    distribute.check_batch(config, strategy)
     splits = sources.load_recorded(run_dir, config, ("train", "valid")) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
     # A resumed run takes every weight from its saved state, so it needs no download.
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(precision_policy(config))
     try:
-        with tf.distribute.get_strategy().scope():
+        with strategy.scope():  # the model, and so its optimizer and metrics, belong to the strategy
             build_config = dataclasses.replace(config, weights="none") if resume else config
             model, base = build_model(build_config, len(splits.class_names))
     finally:
@@ -309,7 +335,7 @@ def _train(
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
     notify(
-        f"training on {devices()}: {precision_policy(config)}, cache {cache}, {config.backbone} at "
+        f"training on {devices(strategy)}: {precision_policy(config)}, cache {cache}, {config.backbone} at "
         f"{config.image_size} px, batch {config.batch_size}, recipe {config.recipe}"
     )
     cache_dir = run_dir / "cache"
@@ -339,6 +365,13 @@ def _train(
         raise Interrupted(
             f"interrupted; every finished epoch is saved in {run_dir}: continue with "
             f"`flowerft train --resume --run-dir {run_dir}`"
+        ) from None
+    except distribute.LOST_WORKER_ERRORS as e:
+        if not distribute.is_multi_worker(strategy):
+            raise
+        raise FlowerftError(
+            f"lost another worker ({type(e).__name__}: {str(e).splitlines()[0][:120]}); every finished epoch is "
+            "saved in the chief's run dir: restart every worker with the same command and --resume"
         ) from None
     shutil.rmtree(cache_dir, ignore_errors=True)  # a file cache is as large as the data set
 

@@ -39,6 +39,9 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
     mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32.")] = False,
     jit_compile: Annotated[bool, typer.Option(help="XLA-compile the training step (GPUs).")] = False,
+    distribute: Annotated[Optional[str], typer.Option(
+        help="tf.distribute strategy: auto (every GPU when there are several), none, mirrored, multiworker "
+        "(the cluster from TF_CONFIG) or tpu; --batch-size is the global batch, split across replicas" + default("distribute"))] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch; start it if nothing is saved yet; a finished run is left as it is (exit 0). Safe to re-issue after any crash or preemption.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run already in --run-dir.")] = False,
 ) -> None:
@@ -48,7 +51,7 @@ def train(
         image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
         lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
         # A switch left off keeps whatever the YAML file says.
-        mixed_precision=mixed_precision or None, jit_compile=jit_compile or None,
+        mixed_precision=mixed_precision or None, jit_compile=jit_compile or None, distribute=distribute,
     )
     try:
         given = given_values(config_file, **options)  # the YAML file is read once

@@ -1,0 +1,183 @@
+"""tf.distribute: mirrored replicas and multi-worker training give a single device's weights.
+
+Each test runs TensorFlow in subprocesses: logical devices and collective ops can only be set
+up before TensorFlow starts, and a multi-worker run is several processes by nature.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flowerft.cli import app
+
+from conftest import make_image_folder, one_line_error
+
+runner = CliRunner()
+TRAIN = ["--weights", "none", "--backbone", "mobilenet", "--image-size", "32", "--batch-size", "4",
+         "--epochs-head", "2", "--epochs-finetune", "2"]
+EXPECTED_EPOCHS = [("head", 1), ("head", 2), ("finetune", 3), ("finetune", 4)]
+QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+MIRRORED = """
+import sys
+import tensorflow as tf
+
+# Two logical CPU devices stand in for two GPUs; TensorFlow allows this before it starts.
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from flowerft.cli import app
+app(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    # 36 training images and 6 validation ones: every batch of 4 splits evenly in two.
+    return make_image_folder(tmp_path_factory.mktemp("distribute") / "flowers", per_class=16)
+
+
+@pytest.fixture(scope="module")
+def one_device(folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("one") / "run"
+    result = runner.invoke(app, ["train", "--data-dir", str(folder), *TRAIN, "--distribute", "none", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def final_weights(run):
+    import keras
+
+    return keras.saving.load_model(run / "checkpoints" / "final.keras", compile=False).get_weights()
+
+
+def assert_same_weights(run, reference):
+    import numpy as np
+
+    for a, b in zip(final_weights(run), final_weights(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def history(run):
+    return [(r["phase"], r["epoch"]) for r in json.loads((run / "history.json").read_text())]
+
+
+def test_two_mirrored_replicas_give_the_weights_of_one_device(folder, one_device, tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-c", MIRRORED, "train", "--data-dir", str(folder), *TRAIN,
+                          "--distribute", "mirrored", "--run-dir", str(run)],
+                         capture_output=True, text=True, env=QUIET, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "MirroredStrategy, 2 replicas" in out.stdout
+    assert_same_weights(run, one_device)  # global batch 4 = 2 + 2 per step, BatchNorm frozen
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(folder, run, cwd, *extra):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        env = {**QUIET, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "flowerft", "train", "--data-dir", str(folder), *TRAIN, "--distribute", "multiworker",
+             "--run-dir", str(run), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd))
+    return workers
+
+
+def finish(workers, timeout=240):
+    outputs = []
+    for worker in workers:
+        try:
+            out, err = worker.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for w in workers:
+                w.kill()
+            pytest.fail("a worker did not finish in time")
+        outputs.append((worker.returncode, out, err))
+    return outputs
+
+
+def summary_rows(stdout):
+    """The summary table's rows without their last cell (wall time, which each process measures)."""
+    return [line.rsplit("│", 2)[0] for line in stdout.splitlines() if line.startswith(("│ head", "│ finetune"))]
+
+
+def test_two_workers_on_loopback_train_as_one_device_and_only_the_chief_writes(folder, one_device, tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "w").mkdir()
+    outputs = finish(start_workers(folder, run, tmp_path / "w"))
+    for code, out, err in outputs:
+        assert code == 0, err[-3000:]
+        assert "MultiWorkerMirroredStrategy, 2 replicas" in out
+    (_, chief, _), (_, other, _) = outputs
+    assert summary_rows(chief) == summary_rows(other) and summary_rows(chief)  # the workers agree
+    assert history(run) == EXPECTED_EPOCHS
+    for name in ("config.yaml", "metrics.json", "splits.json", "checkpoints/final.keras", "curves.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "state").exists()
+    assert (tmp_path / "w" / "runs" / "latest").read_text().strip() == str(run)  # the chief's pointer only
+    assert not list(Path(tempfile.gettempdir()).glob(f"flowerft-worker-*/{run.name}"))  # its folder is gone
+    assert_same_weights(run, one_device)
+
+
+def test_a_killed_worker_then_both_restarted_with_resume_finish_the_run(folder, tmp_path):
+    run = tmp_path / "run"
+    workers = start_workers(folder, run, tmp_path, "--resume")
+    progress = run / "state" / "progress.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and all(w.poll() is None for w in workers):
+        if progress.is_file() and json.loads(progress.read_text())["epochs_done"] >= 1:
+            break
+        time.sleep(0.05)
+    assert all(w.poll() is None for w in workers), "the run ended before a worker could be killed"
+    workers[1].send_signal(signal.SIGKILL)
+    try:  # the chief notices its peer is gone (a collective fails) and stops with one line
+        _, err = workers[0].communicate(timeout=120)
+        chief_stopped_alone = True
+        assert workers[0].returncode == 1 and "lost another worker" in err and "Traceback" not in err
+    except subprocess.TimeoutExpired:
+        workers[0].kill()
+        workers[0].communicate()
+        chief_stopped_alone = False
+    workers[1].communicate()
+    saved = json.loads(progress.read_text())
+
+    outputs = finish(start_workers(folder, run, tmp_path, "--resume"))  # the same command, both restarted
+    for code, out, err in outputs:
+        assert code == 0, err[-3000:]
+    assert f"resuming {run} from" in outputs[0][1] and "resuming " in outputs[1][1]  # the other from its copy
+    assert history(run) == EXPECTED_EPOCHS  # every epoch once
+    assert saved["epochs_done"] >= 1
+    assert chief_stopped_alone, "the chief waited forever for the killed worker (it had to be killed too)"
+
+
+def test_multiworker_without_tf_config_or_run_dir_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    message = one_line_error(runner.invoke(app, ["train", *TRAIN, "--distribute", "multiworker", "--run-dir", "r"]))
+    assert "TF_CONFIG" in message
+    message = one_line_error(runner.invoke(app, ["train", *TRAIN, "--distribute", "multiworker"]))
+    assert "needs --run-dir" in message
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    message = one_line_error(runner.invoke(app, ["train", *TRAIN, "--distribute", "multiworker", "--run-dir", "r"]))
+    assert "TF_CONFIG must be JSON" in message
+    message = one_line_error(runner.invoke(app, ["train", *TRAIN, "--distribute", "gpus"]))
+    assert "distribute: must be one of auto, none, mirrored, multiworker, tpu" in message

@@ -120,9 +120,8 @@ def activations(extractor: keras.Model, ds, n: int, file: Path | None) -> tuple[
     values = np.lib.format.open_memmap(file, "w+", stored, shape) if file else np.empty(shape, stored)
     labels, at = [], 0
     for images, y in ds:
-        out = extractor(images, training=False)
-        out = tf.bitcast(out, tf.uint16) if dtype.size == 2 else out
-        values[at:at + len(y)] = out.numpy()
+        out = np.asarray(extractor.predict_on_batch(images))  # compiled, in inference mode
+        values[at:at + len(y)] = out.view(np.uint16) if dtype.size == 2 else out
         at += len(y)
         labels.append(y)
     return values, tf.concat(labels, 0), dtype

@@ -294,6 +294,8 @@ def _train(
         with tf.distribute.get_strategy().scope():
             build_config = dataclasses.replace(config, weights="none") if resume else config
             model, base = build_model(build_config, len(splits.class_names))
+            if partial.is_partial(config):
+                partial.split_base(base, config)  # a cut that cannot be made fails before the run dir is touched
     finally:
         keras.mixed_precision.set_global_policy("float32")  # global state: leave it as found
 

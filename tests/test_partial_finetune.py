@@ -11,6 +11,7 @@ from flowerft.config import make_config
 from flowerft.errors import ConfigError, Interrupted
 
 from conftest import make_image_folder, tiny_base
+from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
 
 
 def config(folder, run, **values):
@@ -23,16 +24,6 @@ def config(folder, run, **values):
 def weights(run, name="final"):
     model = keras.saving.load_model(run / "checkpoints" / f"{name}.keras", compile=False)
     return {v.path: v.numpy() for v in model.weights}
-
-
-class StopAfter(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
 """Speed and memory of flowerft's training against plain Keras, measured in one run.
 
     python benchmarks/benchmark.py --image-size 128 --epochs 5
+    python benchmarks/benchmark.py --part limits --devkit ~/.cache/flowerft-devkit/shoes5 \
+        --devkit-weights ~/.cache/flowerft-devkit/weights/xception_imagenet_notop.weights.h5
 
-Prints four figures as ratios (targets from the speed issue in brackets):
+`--part speed` prints four figures as ratios (targets from the speed issue in brackets):
   (a) head phase wall time, flowerft (cached features) / plain model.fit        [<= 0.25 at 5 epochs]
   (b) fine-tune images/s, flowerft's fit / bare train_on_batch on in-memory data [>= 0.95]
   (c) input pipeline images/s / the model's fine-tune consumption               [>= 10]
@@ -10,6 +12,11 @@ Prints four figures as ratios (targets from the speed issue in brackets):
   (e) fine-tune images/s through the tf.distribute strategy path / the default path [>= 0.9]
 on a generated folder of flower-like JPEGs (240-500 px). Weights are random (`none`): speed
 does not depend on them, and this machine has no network.
+
+`--part limits` prints the figures of fine-tuning at the machine's limit (benchmarks/limits.py):
+fine-tune images/s of full, partial (plain), partial (cached) and bfloat16 fine-tuning; peak RSS
+of `flowerft train` with and without micro-batches; and, given --devkit, the test accuracy of
+full vs partial fine-tuning for the same epochs. `--part all` (the default) prints both.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import limits  # noqa: E402  (benchmarks/limits.py)
 
 CLASSES = ("dandelion", "daisy", "tulips", "sunflowers", "roses")
 PETAL_COLOURS = ((250, 220, 40), (245, 245, 245), (220, 40, 90), (255, 190, 0), (200, 20, 40))
@@ -224,19 +234,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed fine-tune steps for (b)")
     parser.add_argument("--rss-image-size", type=int, default=224, help="image size of the (d) run")
     parser.add_argument("--rss-images", type=int, default=100, help="images for the (d) run")
+    parser.add_argument("--part", choices=("all", "speed", "limits"), default="all")
+    limits.add_arguments(parser)
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from flowerft.config import make_config
 
     work = Path(tempfile.mkdtemp(prefix="flowerft-bench-"))
+    print(f"machine: {limits.machine()}; Python {platform.python_version()}", flush=True)
+    if args.part in ("all", "limits"):
+        limits.run(args, work, make_flowers)
+    if args.part == "limits":
+        return
     folder = make_flowers(work / "flowers", max(args.images, 500))
     config = make_config(
         data_dir=str(folder), backbone=args.backbone, weights="none", image_size=args.image_size,
         batch_size=args.batch_size, epochs_head=args.epochs, tensorboard=False,
     )
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{args.backbone} at {args.image_size} px, batch {args.batch_size}, {max(args.images, 500)} images", flush=True)
+    print(f"{args.backbone} at {args.image_size} px, batch {args.batch_size}, {max(args.images, 500)} images", flush=True)
 
     ours, plain = head_phase(config, work / "head")
     print(f"(a) head phase, {args.epochs} epochs: flowerft {ours:.1f} s, plain model.fit {plain:.1f} s "

@@ -23,6 +23,7 @@ from flowerft.errors import ConfigError
 CACHE_MODES = ("auto", "memory", "file", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker", "tpu")
 SCHEDULES = ("cosine", "inverse_time")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 # Named recipes: the values each one sets, between the dataclass defaults and a config file.
 # "flowerft" is the dataclass itself (see the comments there for why each value).
@@ -105,9 +106,23 @@ class Config:
     # times its first batch's loss: a diverging run only destroys what it had learned.
     divergence_factor: float = 100.0
 
-    # --- speed switches for GPUs (both off like the book) ---
-    # mixed_float16 on a GPU, mixed_bfloat16 elsewhere; the softmax output stays float32.
+    # Fine-tune only the base's top: its last N blocks (0: the whole base, like the book), or from
+    # the named layer of the base up. The frozen part's activations are then computed once
+    # (flowerft/partial.py) unless augment is on or cache is none.
+    finetune_blocks: int = 0
+    finetune_from: str | None = None
+
+    # --- speed and memory ---
+    # float32, bfloat16 or float16 (mixed: weights and the softmax output stay float32), or auto:
+    # float16 on tensor-core GPUs, bfloat16 on CPUs that compute it natively (flowerft/precision.py).
+    # float32, though bfloat16 measured 1.46x faster at equal accuracy (README, Speed): a bfloat16
+    # model does not convert to TFLite yet (`flowerft export` fails in the MLIR translation).
+    precision: str = "float32"
+    # The older switch: mixed_float16 on a GPU, mixed_bfloat16 elsewhere (when precision is float32 or auto).
     mixed_precision: bool = False
+    # Fine-tune batches computed this many images at a time, gradients accumulated to one update
+    # per batch_size (same result, less memory: flowerft/micro_batches.py). null: whole batches.
+    micro_batch: int | None = None
     # XLA-compile the training step.
     jit_compile: bool = False
     # tf.distribute strategy (flowerft/distribute.py): "auto" mirrors over every GPU when there
@@ -201,6 +216,14 @@ def _check_values(c: Config) -> None:
     need(c.warmup_epochs == 0 or c.schedule == "cosine", "warmup_epochs",
          "needs schedule: cosine (the inverse_time schedule has no warm-up)")
     need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    need(c.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    need(c.micro_batch is None or c.micro_batch >= 1, "micro_batch", "must be 1 or more (null: whole batches)")
+    need(c.micro_batch is None or c.batch_size % c.micro_batch == 0, "micro_batch",
+         f"must divide batch_size ({c.batch_size}) so that every batch splits into equal micro-batches")
+    need(c.finetune_blocks >= 0, "finetune_blocks", "must be 0 (the whole base) or more")
+    need(not (c.finetune_blocks and c.finetune_from), "finetune_from",
+         "cannot be given with finetune_blocks; choose one way to say where fine-tuning starts")
+    need(c.finetune_from != "", "finetune_from", "must name a layer of the base (or be null)")
 
 
 def _loader():

@@ -143,18 +143,21 @@ def indexed_pipeline(
     seed: int = 0,
     epoch: tf.Variable | None = None,
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    gather: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 values, labels) gathered from in-memory tensors by shuffled index.
 
     Only indices are shuffled, and tf.data's shuffle order does not depend on what it
     shuffles: for the same buffer and seed, these batches hold exactly the items that
-    `make_pipeline` gives from the same source order.
+    `make_pipeline` gives from the same source order. `gather(indices)` reads values that
+    are not a tensor (partial.gather: an array, possibly memory-mapped).
     """
+    gather = gather or (lambda i: tf.gather(values, i))
     ds = tf.data.Dataset.range(int(labels.shape[0]))
     if shuffle_buffer:
         ds = shuffle_for_epoch(ds, shuffle_buffer, seed, epoch)
     ds = ds.batch(batch_size).map(
-        lambda i: (tf.cast(tf.gather(values, i), tf.float32), tf.gather(labels, i)),
+        lambda i: (tf.cast(gather(i), tf.float32), tf.gather(labels, i)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return _finish(ds, augment)
@@ -211,11 +214,14 @@ def cache_mode(config: Config, n_images: int) -> str:
     if config.cache != "auto":
         return config.cache
     needed = n_images * config.image_size**2 * 3
+    return "memory" if needed < ram_bytes() / 4 else "file"
+
+
+def ram_bytes() -> int:
     try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not on every OS
-        ram = 8 * 2**30
-    return "memory" if needed < ram / 4 else "file"
+        return 8 * 2**30
 
 
 def pipeline(

@@ -173,14 +173,22 @@ def compile_for_phase(
     warmup_steps: int = 0,
     label_smoothing: float = 0.0,
     jit_compile: bool = False,
+    micro_batches: int = 1,
 ) -> None:
     """A fresh SGD for this phase: after `trainable` changes, Keras needs a recompile.
 
     With `label_smoothing` the loss takes one-hot labels (Keras's sparse cross-entropy has no
-    smoothing): the phase's datasets must then yield them (see one_hot_labels).
+    smoothing): the phase's datasets must then yield them (see one_hot_labels). With
+    `micro_batches` > 1 each update accumulates that many micro-batches (micro_batches.py).
     """
     rate = learning_rate_schedule(schedule, lr, decay=decay, steps=steps, warmup_steps=warmup_steps)
-    optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=momentum, clipnorm=clipnorm or None)
+    accumulate = {}
+    if micro_batches > 1:
+        from flowerft.micro_batches import PerBatchSchedule
+
+        rate = PerBatchSchedule(rate, micro_batches)
+        accumulate = dict(gradient_accumulation_steps=micro_batches)
+    optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=momentum, clipnorm=clipnorm or None, **accumulate)
     if label_smoothing:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     else:

@@ -20,11 +20,11 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import curves, data, distribute, rundir, runlock, sources, state
+from flowerft import curves, data, distribute, micro_batches, partial, precision, rundir, runlock, sources, state
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
-from flowerft.model import build_model, compile_for_phase, freeze_base, unfreeze_base
+from flowerft.model import build_model, compile_for_phase, freeze_base
 from flowerft.state import Progress
 from flowerft.summary import PhaseResult, summarize
 
@@ -98,19 +98,26 @@ def _features(extractor: keras.Model, ds) -> tuple[tf.Tensor, tf.Tensor]:
 def fine_tune(
     model, base, train_ds, valid_ds, config: Config, run_dir: Path, extra: CallbackFactory,
     *, shuffle_epoch: tf.Variable, head: PhaseResult, resume: Progress | None = None,
+    unshuffled_train_ds=None, sizes: tuple[int, int] | None = None,
 ) -> PhaseResult:
-    """Phase 2: the whole base learns too, at a lower rate, with a fresh optimizer.
+    """Phase 2: the base (or its top, see flowerft/partial.py) learns too, at a lower rate, with a fresh optimizer.
 
-    BatchNormalization layers stay frozen (see model.unfreeze_base for why).
+    BatchNormalization layers stay frozen (see model.unfreeze_base for why). Given
+    `unshuffled_train_ds` and the (train, valid) `sizes`, a partial fine-tune trains its top
+    on the frozen part's activations, computed once.
     """
-    unfreeze_base(base)
+    parts = partial.unfreeze(base, config)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch(train_ds)) if config.epochs_finetune else 0
-    return _fit_phase(
-        FINETUNE, model, train_ds, valid_ds, config, run_dir, extra,
+    options = dict(
         epochs=config.epochs_finetune, initial_epoch=config.epochs_head,
         lr=config.lr_finetune, decay=config.decay_finetune, warmup_steps=warmup_steps, shuffle_epoch=shuffle_epoch,
         resume=resume, head=asdict(head),
     )
+    if parts and unshuffled_train_ds is not None and config.epochs_finetune:
+        fit = lambda top, t, v, **more: _fit_phase(FINETUNE, top, t, v, config, run_dir, extra, **more)  # noqa: E731
+        return partial.fine_tune_on_activations(model, parts, unshuffled_train_ds, valid_ds, config, run_dir, fit,
+                                                sizes=sizes, **options)
+    return _fit_phase(FINETUNE, model, train_ds, valid_ds, config, run_dir, extra, **options)
 
 
 def _fit_phase(
@@ -122,16 +129,19 @@ def _fit_phase(
     if epochs == 0:
         return result
     steps = epochs * steps_per_epoch(train_ds) if config.schedule == "cosine" else None
+    accumulate = micro_batches.accumulation_steps(config.batch_size, config.micro_batch) if phase == FINETUNE else 1
     # Recompile after changing `trainable`, with a new optimizer: the old one's momentum
     # belongs to other variables and another learning rate.
     with model.distribute_strategy.scope():  # the optimizer's variables are the strategy's
         compile_for_phase(
             model, lr=lr, decay=decay, momentum=config.momentum, clipnorm=config.clipnorm,
             schedule=config.schedule, steps=steps, warmup_steps=warmup_steps,
-            label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
+            label_smoothing=config.label_smoothing, jit_compile=config.jit_compile, micro_batches=accumulate,
         )
     if config.label_smoothing:  # the smoothed loss takes one-hot labels
         train_ds, valid_ds = (one_hot_labels(ds, model.output_shape[-1]) for ds in (train_ds, valid_ds))
+    if accumulate > 1:  # memory-bounded fine-tuning: same updates (see flowerft/micro_batches.py)
+        train_ds = micro_batches.split_batches(train_ds, config.batch_size, config.micro_batch)
     progress = resume or Progress(phase, head=head)
     checkpoint = Path(rundir.CHECKPOINTS) / f"{phase}_best.keras"
     if resume:
@@ -191,10 +201,8 @@ def environment() -> dict[str, str]:
 
 
 def precision_policy(config: Config) -> str:
-    """float32, or mixed precision: float16 where a GPU has it fast, bfloat16 on CPUs and TPUs."""
-    if not config.mixed_precision:
-        return "float32"
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    """The Keras policy of config.precision on this machine (see flowerft/precision.py)."""
+    return precision.policy(config)
 
 
 def check_inputs(config: Config, run_dir: Path) -> None:
@@ -312,6 +320,8 @@ def _train(
         with strategy.scope():  # the model, and so its optimizer and metrics, belong to the strategy
             build_config = dataclasses.replace(config, weights="none") if resume else config
             model, base = build_model(build_config, len(splits.class_names))
+            if partial.is_partial(config):
+                partial.split_base(base, config)  # a cut that cannot be made fails before the run dir is touched
     finally:
         keras.mixed_precision.set_global_policy("float32")  # global state: leave it as found
 
@@ -349,8 +359,10 @@ def _train(
             notify("decoding and resizing every image once (kept in memory)")
         train_ds = data.pipeline(splits, "train", training=True, **pipe)
         valid_ds = data.pipeline(splits, "valid", **pipe)
-        # Cached head features need the unaugmented images in source order.
+        # Cached head features (and a partial fine-tune's activations) need the unaugmented images in source order.
         unshuffled = None if config.augment else data.pipeline(splits, "train", **pipe)
+        cached_activations = dict(unshuffled_train_ds=None if cache == "none" else unshuffled,
+                                  sizes=(splits.sizes["train"], splits.sizes["valid"]))
 
         if progress and progress.phase == FINETUNE:
             head = PhaseResult(**progress.head)
@@ -360,7 +372,7 @@ def _train(
                               unshuffled_train_ds=unshuffled, resume=progress)
         ft_progress = progress if progress and progress.phase == FINETUNE else None
         finetune = fine_tune(model, base, train_ds, valid_ds, config, run_dir, callbacks, shuffle_epoch=shuffle_epoch,
-                             head=head, resume=ft_progress)
+                             head=head, resume=ft_progress, **cached_activations)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; every finished epoch is saved in {run_dir}: continue with "

@@ -83,3 +83,29 @@ def one_line_error(result, code: int = 1) -> str:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     return lines[0]
+
+
+def tiny_base(image_size: int = 32, residual: bool = False):
+    """A small base named like Xception's blocks, whose every layer gets real gradients.
+
+    Random ImageNet-sized backbones at test sizes pass almost no signal through their frozen
+    BatchNorm, so their weights barely move in a few steps: a comparison of weights after
+    fine-tuning would pass whatever the training did. This one trains visibly.
+    """
+    import keras
+
+    x = inputs = keras.Input((image_size, image_size, 3))
+    for block, filters in ((1, 8), (2, 8), (3, 12)):
+        y = keras.layers.Conv2D(filters, 3, padding="same", activation="tanh", name=f"block{block}_conv")(x)
+        y = keras.layers.BatchNormalization(name=f"block{block}_bn")(y)
+        x = keras.layers.Add(name=f"block{block}_add")([x, y]) if residual and block == 2 else y
+        x = keras.layers.AveragePooling2D(2, name=f"block{block}_pool")(x) if block < 3 else x
+    return keras.Model(inputs, x, name="tiny")
+
+
+@pytest.fixture
+def tiny_backbone(monkeypatch):
+    """build_model puts tiny_base under the head (whatever backbone the config names)."""
+    from flowerft import model
+
+    monkeypatch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size))

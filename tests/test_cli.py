@@ -58,6 +58,15 @@ def test_flags_override_the_yaml_file(captured, tmp_path):
     assert c.mixed_precision and c.jit_compile
 
 
+def test_memory_and_partial_fine_tuning_flags_reach_the_config(captured):
+    result = runner.invoke(app, ["train", "--precision", "bfloat16", "--micro-batch", "8", "--finetune-blocks", "2"])
+    assert result.exit_code == 0, result.output
+    c = captured["config"]
+    assert (c.precision, c.micro_batch, c.finetune_blocks, c.finetune_from) == ("bfloat16", 8, 2, None)
+    assert runner.invoke(app, ["train", "--finetune-from", "block13_sepconv1_act"]).exit_code == 0
+    assert captured["config"].finetune_from == "block13_sepconv1_act"
+
+
 def test_resume_is_told_exactly_what_was_given(captured, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("cache: file\n")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from flowerft.backbones import BACKBONES
-from flowerft.config import RECIPES, given_values, resolve
+from flowerft.config import PRECISIONS, RECIPES, given_values, resolve
 from flowerft.errors import FlowerftError, Interrupted
 from flowerft.cli import app
 from flowerft.cli.common import console, default, fail, import_tensorflow_quietly, num, pct
@@ -37,7 +37,11 @@ def train(
         "plain images). Turns off the head phase's cached features" + default("augment"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the split, shuffling and initialisation" + default("seed"))] = None,
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
-    mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32.")] = False,
+    finetune_blocks: Annotated[Optional[int], typer.Option(help="Fine-tune only the base's last N blocks; with augmentation off the frozen part runs once and fine-tuning trains on its cached activations (0: the whole base)" + default("finetune_blocks"))] = None,
+    finetune_from: Annotated[Optional[str], typer.Option(help="Fine-tune the base from this layer up (a layer name of the base; instead of --finetune-blocks)" + default("finetune_from"))] = None,
+    precision: Annotated[Optional[str], typer.Option(help=f"{', '.join(PRECISIONS)}: bfloat16/float16 are mixed (weights and output float32); auto picks float16 on tensor-core GPUs, bfloat16 on CPUs with native support, else float32" + default("precision"))] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Fine-tune each batch this many images at a time, accumulating gradients: the same updates in less memory (must divide --batch-size)" + default("micro_batch"))] = None,
+    mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32 (with --precision float32 or auto).")] = False,
     jit_compile: Annotated[bool, typer.Option(help="XLA-compile the training step (GPUs).")] = False,
     distribute: Annotated[Optional[str], typer.Option(
         help="tf.distribute strategy: auto (every GPU when there are several), none, mirrored, multiworker "
@@ -50,6 +54,7 @@ def train(
         recipe=recipe, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
         image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
         lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
+        finetune_blocks=finetune_blocks, finetune_from=finetune_from, precision=precision, micro_batch=micro_batch,
         # A switch left off keeps whatever the YAML file says.
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None, distribute=distribute,
     )

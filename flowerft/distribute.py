@@ -19,9 +19,11 @@ workers share (as a Kubernetes volume or NFS would be).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -165,6 +167,22 @@ def check_batch(config: Config, strategy: tf.distribute.Strategy) -> None:
             f"batch_size: the global batch {config.batch_size} does not split evenly across {replicas} replicas; "
             f"use a multiple of {replicas}"
         )
+
+
+@contextlib.contextmanager
+def worker_folder(chief_dir: Path, strategy: tf.distribute.Strategy):
+    """Where a non-chief worker writes: one folder per (run, worker), emptied when it starts and removed
+    when it ends, so that a worker killed with SIGKILL (nothing cleans up after it) leaves one folder
+    behind, which its restart reuses, rather than one more per kill."""
+    resolver = strategy.cluster_resolver
+    key = hashlib.sha1(os.path.abspath(chief_dir).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"flowerft-{resolver.task_type}{resolver.task_id}-{key}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def worker_copy(chief_dir: Path, folder: Path) -> Path:

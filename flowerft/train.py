@@ -11,7 +11,6 @@ import dataclasses
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -259,9 +258,9 @@ def run(
         # Another worker of a multi-worker run: it trains in step with the chief, and what it
         # writes goes to a temporary folder (only the chief writes the run dir).
         chief_dir = Path(config.run_dir)
-        with tempfile.TemporaryDirectory(prefix="flowerft-worker-") as folder:
-            local = distribute.worker_copy(chief_dir, Path(folder)) if resume else Path(folder) / chief_dir.name
-            config = dataclasses.replace(config, run_dir=str(local), runs_root=folder)
+        with distribute.worker_folder(chief_dir, strategy) as folder:
+            local = distribute.worker_copy(chief_dir, folder) if resume else folder / chief_dir.name
+            config = dataclasses.replace(config, run_dir=str(local), runs_root=str(folder))
             result = _run_in(local, config, strategy, callbacks, notify, resume=resume, overwrite=False, given=given)
         return RunResult(chief_dir, result.metrics, result.finished_before)
     if resume and not config.run_dir:

@@ -4,12 +4,12 @@
     python benchmarks/benchmark.py --part limits --devkit ~/.cache/flowerft-devkit/shoes5 \
         --devkit-weights ~/.cache/flowerft-devkit/weights/xception_imagenet_notop.weights.h5
 
-`--part speed` prints four figures as ratios (targets from the speed issue in brackets):
+`--part speed` prints five figures as ratios (targets from the speed issue in brackets):
   (a) head phase wall time, flowerft (cached features) / plain model.fit        [<= 0.25 at 5 epochs]
   (b) fine-tune images/s, flowerft's fit / bare train_on_batch on in-memory data [>= 0.95]
   (c) input pipeline images/s / the model's fine-tune consumption               [>= 10]
   (d) peak RSS of a `flowerft train` run, and of bare Keras training the same net [<= 3 GB at 224 px, batch 32]
-  (e) fine-tune images/s through the tf.distribute strategy path / the default path [>= 0.9]
+  (h) fine-tune images/s through the tf.distribute strategy path / the default path [>= 0.9]
 on a generated folder of flower-like JPEGs (240-500 px). Weights are random (`none`): speed
 does not depend on them, and this machine has no network.
 
@@ -194,7 +194,7 @@ def bare_rss(image_size: int, batch_size: int, backbone: str) -> float:
 
 
 def strategy_overhead(config, steps: int) -> dict[str, float]:
-    """(e) fine-tune images/s through flowerft's tf.distribute path (MirroredStrategy over this
+    """(h) fine-tune images/s through flowerft's tf.distribute path (MirroredStrategy over this
     machine's devices: one CPU here) and on the default one-device path, fit for fit."""
     import keras
 
@@ -265,17 +265,17 @@ def main() -> None:
           f"-> {cold_rate / fit_rate:.0f}x and {warm_rate / fit_rate:.0f}x the fine-tune consumption (target >= 10)",
           flush=True)
 
-    rates = strategy_overhead(config, args.steps)
-    print(f"(e) tf.distribute path: fine-tune {rates['mirrored']:.2f} img/s through MirroredStrategy (this machine's "
-          f"devices), {rates['none']:.2f} img/s on the default path -> ratio {rates['mirrored'] / rates['none']:.3f} "
-          "(target >= 0.9)", flush=True)
-
     rss_folder = make_flowers(work / "rss", args.rss_images, seed=1)
     rss = peak_rss(rss_folder, args.rss_image_size, args.batch_size, args.backbone, work / "rss-run")
     bare = bare_rss(args.rss_image_size, args.batch_size, args.backbone)
     print(f"(d) peak RSS at {args.rss_image_size} px, batch {args.batch_size}: `flowerft train` {rss:.2f} GB, "
           f"bare Keras train_on_batch of the same network {bare:.2f} GB -> ratio {rss / bare:.2f} "
           f"(target <= 3 GB)", flush=True)
+
+    rates = strategy_overhead(config, args.steps)
+    print(f"(h) tf.distribute path: fine-tune {rates['mirrored']:.2f} img/s through MirroredStrategy (this machine's "
+          f"devices), {rates['none']:.2f} img/s on the default path -> ratio {rates['mirrored'] / rates['none']:.3f} "
+          "(target >= 0.9)", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -36,6 +37,7 @@ from flowerft.config import (EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEM
                              Config)
 from flowerft.errors import FlowerftError
 from flowerft.evaluate import checkpoint_path, load_model, load_run_config
+from flowerft.model import all_layers, build_model
 
 FILES = {"savedmodel": "savedmodel", "tflite": "model.tflite", "tflite-fp16": "model_fp16.tflite",
          "tflite-int8": "model_int8.tflite"}
@@ -248,6 +250,26 @@ def machine() -> dict[str, Any]:
 # --------------------------------------------------------------------------- the command
 
 
+def in_float32(model: keras.Model, config, n_classes: int) -> keras.Model:
+    """A mixed-precision run's classifier rebuilt to compute in float32, with the same weights.
+
+    Its variables are float32 already (mixed precision only computes in bfloat16/float16), but
+    TFLite cannot convert the bfloat16 ops ("Could not translate MLIR to FlatBuffer"), and
+    servers and phones expect float32. The rebuilt model is also the reference the exported
+    files are compared with, so the check measures conversion, not precision.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in all_layers(model)):
+        return model
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy, _ = build_model(dataclasses.replace(config, weights="none"), n_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def run(
     run_dir: str | Path | None = None,
     checkpoint: str = "best",
@@ -264,7 +286,7 @@ def run(
     prepare_output(folder, given=output is not None)
     needed = ("test", "train") if "tflite-int8" in formats else ("test",)
     splits = sources.load_recorded(path, config, needed)
-    model = load_model(keras_path)
+    model = in_float32(load_model(keras_path), config, len(splits.class_names))
     size = config.image_size
     written: list[Path] = []
 

@@ -269,3 +269,18 @@ def test_a_new_savedmodel_replaces_the_old_one_whole_and_a_failed_write_keeps_th
         export.write_savedmodel(archive(7, fail=True), dest)
     assert list(tf.saved_model.load(str(dest)).signatures["serve"](x=tf.zeros([1, 2])).values())[0].shape == (1, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["savedmodel"]  # no temporary folder left
+
+
+def test_a_mixed_precision_run_exports_to_tflite_in_float32(tmp_path):
+    # TFLite cannot translate bfloat16 ops; the export rebuilds the classifier in float32.
+    folder = make_image_folder(tmp_path / "flowers", per_class=8)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet",
+                                 "--image-size", "32", "--epochs-head", "1", "--epochs-finetune", "0",
+                                 "--precision", "bfloat16", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", "--run-dir", str(run), "--format", "tflite"])
+    assert result.exit_code == 0, result.output
+    table = json.loads((run / "export" / "export.json").read_text())
+    assert [row["format"] for row in table["formats"]] == ["keras", "tflite"] and table["verified"], table
+    assert table["formats"][1]["agreement"] == 1.0

@@ -116,6 +116,15 @@ def _average_scalars_across_workers() -> None:
     trainer.reduce_per_replica = reduce_per_replica
 
 
+def local_inference(model):
+    """`model(images)` in inference mode, compiled, computed by this process alone.
+
+    For features and activations each worker computes for itself: under
+    MultiWorkerMirroredStrategy, predict_on_batch gathers every worker's batch into its result.
+    """
+    return tf.function(lambda images: model(images, training=False))
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run dir: always, except on a multi-worker run's other workers."""
     return bool(strategy.extended.should_checkpoint)

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from flowerft import data
+from flowerft import data, distribute
 from flowerft.config import Config
 from flowerft.errors import ConfigError
 from flowerft.model import all_layers, unfreeze_base
@@ -118,9 +118,7 @@ def activations(extractor: keras.Model, ds, n: int, file: Path | None) -> tuple[
     dtype = tf.as_dtype(extractor.output.dtype)
     stored = np.uint16 if dtype.size == 2 else dtype.as_numpy_dtype
     values = np.lib.format.open_memmap(file, "w+", stored, shape) if file else np.empty(shape, stored)
-    # Called directly, not through predict_on_batch: under MultiWorkerMirroredStrategy predict
-    # gathers every worker's batch, and each worker computes every activation itself here.
-    extract = tf.function(lambda images: extractor(images, training=False))
+    extract = distribute.local_inference(extractor)
     labels, at = [], 0
     for images, y in ds:
         out = np.asarray(extract(images))

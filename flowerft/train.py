@@ -84,12 +84,10 @@ def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, 
 
 
 def _features(extractor: keras.Model, ds) -> tuple[tf.Tensor, tf.Tensor]:
-    # Called directly, not through predict_on_batch: under MultiWorkerMirroredStrategy predict
-    # gathers every worker's batch, and each worker computes every feature itself here.
-    extract = tf.function(lambda images: tf.cast(extractor(images, training=False), tf.float32))
+    extract = distribute.local_inference(extractor)
     features, labels = [], []
     for images, y in ds:
-        features.append(extract(images))
+        features.append(tf.cast(extract(images), tf.float32))
         labels.append(y)
     return tf.concat(features, 0), tf.concat(labels, 0)
 
@@ -197,11 +195,6 @@ def environment() -> dict[str, str]:
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
         "platform": platform.platform(terse=True), "device": devices(),
     }
-
-
-def precision_policy(config: Config) -> str:
-    """The Keras policy of config.precision on this machine (see flowerft/precision.py)."""
-    return precision.policy(config)
 
 
 def check_inputs(config: Config, run_dir: Path) -> None:
@@ -314,7 +307,7 @@ def _train(
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
     # A resumed run takes every weight from its saved state, so it needs no download.
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(precision_policy(config))
+    keras.mixed_precision.set_global_policy(precision.policy(config))
     try:
         with strategy.scope():  # the model, and so its optimizer and metrics, belong to the strategy
             build_config = dataclasses.replace(config, weights="none") if resume else config
@@ -344,7 +337,7 @@ def _train(
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
     notify(
-        f"training on {devices(strategy)}: {precision_policy(config)}, cache {cache}, {config.backbone} at "
+        f"training on {devices(strategy)}: {precision.policy(config)}, cache {cache}, {config.backbone} at "
         f"{config.image_size} px, batch {config.batch_size}, recipe {config.recipe}"
     )
     cache_dir = run_dir / "cache"
@@ -390,7 +383,7 @@ def _train(
     state.save_model_atomic(model, run_dir / final)
     metrics = summarize(head, finetune, final, config)
     metrics["class_names"] = splits.class_names
-    metrics["precision_policy"] = precision_policy(config)
+    metrics["precision_policy"] = precision.policy(config)
     metrics["cache"] = cache
     metrics["recipe"] = config.recipe
     metrics["split_sizes"] = splits.sizes

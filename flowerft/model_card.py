@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flowerft import source_record
 from flowerft.artifacts import BYTES_INPUT, BYTES_SIGNATURE, IMAGES_INPUT, IMAGES_SIGNATURE, LABELS_FILE
 from flowerft.backbones import get_backbone
 from flowerft.config import Config
@@ -58,7 +59,7 @@ def render(report: dict[str, Any], config: Config, metrics: dict[str, Any]) -> s
     names = report["class_names"]
     m = report["machine"]
     backbone = get_backbone(config.backbone)
-    data = f"the image folder `{config.data_dir}`" if config.data_dir else f"TFDS `{config.tfds_name}`"
+    data = f"`{source_record.describe(config, source_record.read(Path(report['run_dir'])))}`"
     best = metrics.get("best_val_accuracy")
     classes = "\n".join(f"{i}. {name}" for i, name in enumerate(names))
     return f"""# Model card: {Path(report['run_dir']).name}

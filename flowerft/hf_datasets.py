@@ -96,7 +96,6 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
         values = {str(v) for s in ours.values() for v in found[s][label]}
         class_names = ordered_classes(sorted(values), config, f"the Hugging Face dataset {name}")
         index = {n: i for i, n in enumerate(class_names)}
-    check_two_classes(class_names, f"the label column {label} of the Hugging Face dataset {name}")
     given = {}
     for split, theirs in ours.items():
         per_class = [[] for _ in class_names]
@@ -113,7 +112,8 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
     notes, skipped = [], []
     if not files:
         given, skipped = _drop_unreadable(found, image, given)
-        files, notes = arrange(class_names, given, config, f"the Hugging Face dataset {name}")
+        files, notes = arrange(class_names, given, config, f"the label column {label} of the Hugging Face dataset {name}",
+                               remedy="add rows for it or leave its rows out of the dataset")
     record = {"kind": "hf", "name": name, "image_column": image, "label_column": label, "has_test": bool(files["test"]),
               "given_splits": [ours[s] for s in ("train", "valid", "test") if s in ours],
               "rows": {s: [[split, row, y] for (split, row), y in files[s]] for s in SPLIT_NAMES}}

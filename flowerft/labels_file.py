@@ -81,7 +81,7 @@ def load(config: Config) -> Splits:
     if "all" not in given and "train" not in given:
         raise DataError(f"{where} has {', '.join(splits)} rows but no train rows; give some rows the split train")
     given, skipped = drop_unreadable(class_names, given, where)
-    files, notes = arrange(class_names, given, config, where)
+    files, notes = arrange(class_names, given, config, where, remedy="add rows for it or remove its rows")
     record = {"kind": "labels", "name": str(path), "has_test": bool(files["test"])}
     if "all" not in given:
         record["given_splits"] = [s for s in ("train", "valid", "test") if s in given]

@@ -111,7 +111,8 @@ def split_files(files_per_class: list[list], test_percent: int, valid_percent: i
 
 
 def arrange(
-    class_names: list[str], given: dict[str, list[list[Hashable]]], config: Config, where: str
+    class_names: list[str], given: dict[str, list[list[Hashable]]], config: Config, where: str,
+    remedy: str = "add images to it or remove its folder",
 ) -> tuple[dict[str, list[tuple]], list[str]]:
     """Each split's (item, label) from a source's items per class, and what to say about it.
 
@@ -119,8 +120,10 @@ def arrange(
     items; None for a source that comes unsplit, split here 10/15/75 with the seed. A missing
     validation split is carved from train with the seed; a missing test split stays empty.
     """
+    present = [name for i, name in enumerate(class_names) if any(per_class[i] for per_class in given.values())]
+    check_two_classes(present, where)
     if "all" in given:
-        check_every_split_gets_each_class(class_names, given["all"], config)
+        check_every_split_gets_each_class(class_names, given["all"], config, remedy=remedy)
         return split_files(given["all"], config.test_percent, config.valid_percent, config.seed), []
     for split, per_class in given.items():
         for name, items in zip(class_names, per_class):
@@ -131,8 +134,8 @@ def arrange(
     files = {split: [(item, label) for label, items in enumerate(given.get(split, [])) for item in items]
              for split in SPLIT_NAMES}
     if "valid" not in given:
-        remedy = f"add images to its train split or give a validation split"
-        check_every_split_gets_each_class(class_names, given["train"], config, test_percent=0, remedy=remedy)
+        check_every_split_gets_each_class(class_names, given["train"], config, test_percent=0,
+                                          remedy="add images to its train split or give a validation split")
         carved = split_files(given["train"], 0, config.valid_percent, config.seed)
         files["train"], files["valid"] = carved["train"], carved["valid"]
         notes.append(f"{where} has no validation split: {config.valid_percent}% of each class's train images "

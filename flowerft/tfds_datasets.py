@@ -57,8 +57,8 @@ def features(info, config: Config) -> tuple[str, str]:
     top = dict(info.features.items()) if hasattr(info.features, "items") else {}
     images = [k for k, f in top.items() if isinstance(f, tfds.features.Image)]
     labels = [k for k, f in top.items() if isinstance(f, tfds.features.ClassLabel)]
-    return (_pick(images, config.image_column, "image", "an image", "--image-column", info, top),
-            _pick(labels, config.label_column, "label", "a ClassLabel (label)", "--label-column", info, top))
+    return (_pick(images, config.image_column, "image", "image", "--image-column", info, top),
+            _pick(labels, config.label_column, "label", "ClassLabel", "--label-column", info, top))
 
 
 def _pick(candidates, named, usual, what, flag, info, top) -> str:

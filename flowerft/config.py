@@ -58,7 +58,7 @@ class Config:
     # TFDS split specs "TEST,VALID,TRAIN" (e.g. "test,validation,train[:50%]"); null: the book's
     # slices of train when that is the only split, else the dataset's own test/validation splits.
     tfds_splits: str | None = None
-    # Class names in label order, comma-separated (folders, CSV); null: sorted, as Keras does.
+    # Class names in label order, comma-separated (folders, CSV, Hugging Face text labels); null: sorted, as Keras does.
     class_order: str | None = None
     # The book's slices: test train[:10%], valid train[10%:25%], train train[25%:].
     test_percent: int = 10

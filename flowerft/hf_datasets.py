@@ -94,7 +94,9 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
         index = {i: i for i in range(len(class_names))}
     else:
         values = {str(v) for s in ours.values() for v in found[s][label]}
-        class_names = ordered_classes(sorted(values), config, f"the Hugging Face dataset {name}")
+        numeric = all(v.lstrip("-").isdigit() for v in values)  # 2 before 10
+        found_names = sorted(values, key=lambda v: (int(v) if numeric else 0, v))
+        class_names = ordered_classes(found_names, config, f"the Hugging Face dataset {name}")
         index = {n: i for i, n in enumerate(class_names)}
     given = {}
     for split, theirs in ours.items():

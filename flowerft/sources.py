@@ -150,9 +150,9 @@ def arrange(
 
 
 def ordered_classes(found: list[str], config: Config, where: str) -> list[str]:
-    """The class names in label order: sorted, or as class_order gives them (all of them, once)."""
+    """The class names in label order: `found` (sorted by the caller), or as class_order gives them (all, once)."""
     if config.class_order is None:
-        return sorted(found)
+        return list(found)
     order = [name.strip() for name in config.class_order.split(",")]
     unknown = [name for name in order if name not in found]
     if unknown:
@@ -242,11 +242,13 @@ def load_recorded(run_dir: Path, config: Config, needed: tuple[str, ...] = SPLIT
                         "without one); use --split valid")
     files_path = run_dir / "splits.json"
     if not files_path.is_file():
-        if source_record.kind(config) == source_record.HF:
+        kind = source_record.kind(config)
+        own = record if record.get("kind") == kind else {}  # runs from before source.json: none
+        if kind == source_record.HF:
             from flowerft import hf_datasets
-            return hf_datasets.load(config, record)
+            return hf_datasets.load(config, own)
         from flowerft import tfds_datasets
-        return tfds_datasets.load(config, record)
+        return tfds_datasets.load(config, own)
     class_names = rundir.read_json(run_dir / "class_names.json")
     files = {k: [(p, int(y)) for p, y in v] for k, v in rundir.read_json(files_path).items()}
     paths = [p for name in needed for p, _ in files[name]]

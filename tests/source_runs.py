@@ -27,7 +27,7 @@ def tiny_config(tmp_path: Path, **source):
                        tensorboard=False, shuffle_buffer=8)
 
 
-def train_resume_evaluate_report(tmp_path: Path, monkeypatch, split: str = "test", **source) -> dict:
+def train_resume_evaluate_report(tmp_path: Path, monkeypatch, split: str = "test", export: bool = False, **source) -> dict:
     """The whole life of a run on `source` (paths relative to tmp_path); what evaluate printed.
 
     On conftest's tiny base (a real MobileNet costs seconds to build in each of train, resume,
@@ -38,8 +38,9 @@ def train_resume_evaluate_report(tmp_path: Path, monkeypatch, split: str = "test
     monkeypatch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size))
     os.chdir(tmp_path)
     config = tiny_config(tmp_path, **source)
+    said: list[str] = []
     with pytest.raises(Interrupted):
-        train.run(config, callbacks=lambda phase, c: [StopAfter(1)])  # Ctrl-C after the head epoch
+        train.run(config, callbacks=lambda phase, c: [StopAfter(1)], notify=said.append)  # Ctrl-C after the head epoch
     run = Path(config.run_dir)
     assert (run / "source.json").is_file()
     elsewhere = tmp_path / "elsewhere"
@@ -56,6 +57,13 @@ def train_resume_evaluate_report(tmp_path: Path, monkeypatch, split: str = "test
     assert result.exit_code == 0, result.output
     page = (run / "report.html").read_text()
     assert "could not evaluate" not in page and "data:image/jpeg;base64" in page  # evaluated, mistakes' images shown
+    if export:  # verified on the held-out split the run has
+        result = runner.invoke(app, ["export", "--run-dir", str(run), "--format", "tflite"])
+        assert result.exit_code == 0, result.output
+        assert (run / "export" / "model.tflite").is_file()
     result = runner.invoke(app, ["runs", "--runs-root", str(tmp_path / "runs"), "--json"])
     evaluation["runs_row"] = json.loads(result.stdout)[0]
+    table = runner.invoke(app, ["runs", "--runs-root", str(tmp_path / "runs")], env={"COLUMNS": "120"}).output
+    assert evaluation["runs_row"]["source"] in table  # under the run's name (folded when the terminal is narrow)
+    evaluation["said"] = said  # what training said at the start
     return evaluation

@@ -104,6 +104,6 @@ def test_bad_hf_input_gives_one_line(tmp_path, case, message):
 
 def test_a_hf_dataset_run_trains_resumes_evaluates_and_reports_from_anywhere(tmp_path, monkeypatch):
     datasets.DatasetDict(train=table(24, 4), validation=table(6, 5), test=table(6, 6)).save_to_disk(str(tmp_path / "data" / "hf"))
-    evaluation = train_resume_evaluate_report(tmp_path, monkeypatch, hf_dataset="data/hf")
+    evaluation = train_resume_evaluate_report(tmp_path, monkeypatch, hf_dataset="data/hf", export=True)
     assert evaluation["examples"] == 6 and evaluation["class_names"] == BREEDS
     assert evaluation["runs_row"]["source"] == "hf hf"

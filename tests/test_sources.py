@@ -87,8 +87,9 @@ def test_a_bad_presplit_folder_gives_one_line(tmp_path, layout, message):
 
 def test_a_presplit_folder_without_test_trains_resumes_evaluates_valid_and_refuses_test(tmp_path, monkeypatch):
     presplit(tmp_path / "data", ("train", "val"), (8, 3))
-    evaluation = train_resume_evaluate_report(tmp_path, monkeypatch, split="valid", data_dir="data")
+    evaluation = train_resume_evaluate_report(tmp_path, monkeypatch, split="valid", data_dir="data", export=True)
     assert evaluation["examples"] == 9 and evaluation["runs_row"]["source"] == "folder data"
+    assert any("has no test split: evaluate with --split valid" in line for line in evaluation["said"])
     run = tmp_path / "runs" / "run"
     assert "has no test split" in one_line_error(runner.invoke(app, ["evaluate", "--run-dir", str(run)]))
     assert "validation split" in (run / "report.html").read_text()

@@ -66,6 +66,15 @@ def test_a_parquet_file_with_text_labels_is_split_like_a_folder(tmp_path):
     assert all(rows[row]["breed"] == splits.class_names[y] for _, row, y in splits.record["rows"]["train"])
 
 
+def test_rows_whose_image_does_not_decode_are_skipped_and_named(tmp_path):
+    ds = table(30, 7)
+    broken = datasets.Dataset.from_dict({"img": [{"bytes": b"not an image", "path": None}], "label": [1]},
+                                        features=ds.features)
+    datasets.concatenate_datasets([ds, broken]).save_to_disk(str(tmp_path / "hf"))
+    splits = sources.load(make_config(hf_dataset=str(tmp_path / "hf")))
+    assert splits.skipped == ["train#30"] and sum(splits.sizes.values()) == 30
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

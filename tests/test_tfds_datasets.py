@@ -3,6 +3,8 @@ temp data dir by TFDS's real download_and_prepare (real split files, real slicin
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -119,6 +121,21 @@ def test_tfds_splits_slices_as_given(tfds_dir):
 def test_bad_tfds_input_gives_one_line(tfds_dir, args, message):
     result = runner.invoke(app, ["train", *args, "--tfds-data-dir", str(tfds_dir), "--weights", "none", "--image-size", "71"])
     assert message in one_line_error(result)
+
+
+def test_an_unprepared_dataset_probes_the_network_and_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
+    result = runner.invoke(app, ["train", "--tfds", "flowerft_tiny_colours", "--tfds-data-dir", str(tmp_path / "empty"),
+                                 "--weights", "none", "--image-size", "71"])
+    line = one_line_error(result)
+    assert "cannot download flowerft_tiny_colours" in line and "--tfds-data-dir" in line
+    assert not (tmp_path / "empty" / "flowerft_tiny_colours").exists()  # nothing half-prepared
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_a_tfds_dataset_trains_resumes_evaluates_and_reports(tfds_dir, tmp_path, monkeypatch):

@@ -48,6 +48,18 @@ class Config:
     tfds_name: str = "tf_flowers:3.0.1"
     # Where TFDS keeps prepared datasets; None is TFDS's own default (~/tensorflow_datasets).
     tfds_data_dir: str | None = None
+    # Other sources (one at most, instead of data_dir or TFDS): a CSV of path,label[,split] (paths
+    # relative to it), or a Hugging Face dataset (a save_to_disk folder, parquet files or a hub name).
+    labels: str | None = None
+    hf_dataset: str | None = None
+    # The image and label columns (CSV, Hugging Face) or features (TFDS); null: found from the data.
+    image_column: str | None = None
+    label_column: str | None = None
+    # TFDS split specs "TEST,VALID,TRAIN" (e.g. "test,validation,train[:50%]"); null: the book's
+    # slices of train when that is the only split, else the dataset's own test/validation splits.
+    tfds_splits: str | None = None
+    # Class names in label order, comma-separated (folders, CSV, Hugging Face text labels); null: sorted, as Keras does.
+    class_order: str | None = None
     # The book's slices: test train[:10%], valid train[10%:25%], train train[25%:].
     test_percent: int = 10
     valid_percent: int = 15
@@ -224,6 +236,23 @@ def _check_values(c: Config) -> None:
     need(not (c.finetune_blocks and c.finetune_from), "finetune_from",
          "cannot be given with finetune_blocks; choose one way to say where fine-tuning starts")
     need(c.finetune_from != "", "finetune_from", "must name a layer of the base (or be null)")
+    _check_source(c, need)
+
+
+def _check_source(c: Config, need) -> None:
+    """One data source, and only the options that source reads."""
+    given = [key for key in ("data_dir", "labels", "hf_dataset") if getattr(c, key) is not None]
+    for key in given[1:]:
+        need(False, key, f"names a second data source beside {given[0]}; give one of data_dir, labels, hf_dataset")
+    tfds = not given
+    default_tfds = Config.__dataclass_fields__["tfds_name"].default
+    need(tfds or c.tfds_name == default_tfds, "tfds_name", f"names a TFDS dataset beside {(given or [''])[0]}; give one source")
+    need(tfds or c.tfds_splits is None, "tfds_splits", "applies to TFDS datasets only")
+    need(c.tfds_splits is None or (c.tfds_splits.count(",") == 2 and all(s.strip() for s in c.tfds_splits.split(","))),
+         "tfds_splits", "must be three TFDS split specs TEST,VALID,TRAIN (e.g. test,validation,train)")
+    for key in ("image_column", "label_column"):
+        need(c.data_dir is None or getattr(c, key) is None, key, "does not apply to an image folder (its class folders are the labels)")
+    need(c.class_order is None or not tfds, "class_order", "applies to folders, CSV labels and Hugging Face text labels; TFDS keeps its dataset's order")
 
 
 def _loader():
@@ -294,12 +323,16 @@ def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config
 
 
 # Paths a run records: stored absolute, so the run works from any working directory.
-PATH_KEYS = ("data_dir", "tfds_data_dir", "weights")
+PATH_KEYS = ("data_dir", "tfds_data_dir", "weights", "labels")
+# A local dataset when such a path exists, else a name (a Hugging Face hub id) kept as given.
+PATH_OR_NAME_KEYS = ("hf_dataset",)
 
 
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     """`values` with its data folders and weights file as absolute paths (symlinks kept as given)."""
     def absolute(key, value):
+        if key in PATH_OR_NAME_KEYS and isinstance(value, str) and os.path.exists(os.path.expanduser(value)):
+            return os.path.abspath(os.path.expanduser(value))
         if key not in PATH_KEYS or not isinstance(value, str) or value in ("", "imagenet", "none"):
             return value
         return os.path.abspath(os.path.expanduser(value))  # abspath also folds "a/../b"

@@ -1,7 +1,7 @@
 """From image files to batches: decode, resize, (cache), shuffle, (augment), batch, prefetch.
 
 The functions are small and pure so that tests can run them eagerly and inside
-`Dataset.map`. Where the images come from is flowerft/sources.py.
+`Dataset.map`. Where the images come from is flowerft/sources.py (and a module per kind of source).
 """
 
 from __future__ import annotations
@@ -195,6 +195,8 @@ def make_augmenter(seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
 def loader(splits: Splits, image_size: int) -> Callable[[tf.Tensor], tf.Tensor]:
     if splits.element == "path":
         return lambda path: load_image_file(path, image_size)
+    if splits.element == "encoded":  # an image file's bytes (Hugging Face datasets)
+        return lambda contents: resize_image(decode_image(contents), image_size)
     return lambda image: resize_image(image, image_size)
 
 

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from flowerft import data, model_card, rundir, sources
+from flowerft import data, model_card, rundir, source_record, sources
 from flowerft.artifacts import (BYTES_INPUT, BYTES_SIGNATURE, IMAGES_INPUT, IMAGES_SIGNATURE, LABELS_FILE,
                                 SavedModelPredictor, TFLitePredictor)
 from flowerft.config import (EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, REPRESENTATIVE_IMAGES,
@@ -175,17 +175,19 @@ def representative_dataset(splits: sources.Splits, config: Config, n: int) -> Ca
 # --------------------------------------------------------------------------- verifying them
 
 
-def test_split(splits: sources.Splits, config: Config) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+def test_split(splits: sources.Splits, config: Config, split: str = "test") -> tuple[np.ndarray, np.ndarray, list[bytes]]:
     """The test split as training's pipeline gives it (uint8 images, labels), and each image encoded:
     its file's bytes (image folders) or a lossless PNG of it (TFDS), for serving_bytes."""
     images, labels = [], []
-    for x, y in data.pipeline(splits, "test", config):
+    for x, y in data.pipeline(splits, split, config):
         images.append(x.numpy().astype(np.uint8))  # the pipeline's float32 holds whole uint8 values
         labels.append(y.numpy())
     if splits.element == "path":
-        encoded = [Path(p).read_bytes() for p, _ in splits.files["test"]]
+        encoded = [Path(p).read_bytes() for p, _ in splits.files[split]]
+    elif splits.element == "encoded":  # a Hugging Face row's image bytes
+        encoded = [contents.numpy() for contents, _ in splits.get(split)]
     else:
-        encoded = [tf.io.encode_png(image).numpy() for image, _ in splits.get("test")]
+        encoded = [tf.io.encode_png(image).numpy() for image, _ in splits.get(split)]
     return np.concatenate(images), np.concatenate(labels), encoded
 
 
@@ -284,7 +286,8 @@ def run(
     keras_path = checkpoint_path(path, checkpoint)
     folder = Path(output) if output is not None else path / "export"
     prepare_output(folder, given=output is not None)
-    needed = ("test", "train") if "tflite-int8" in formats else ("test",)
+    held_out = "test" if source_record.has_test(path) else "valid"  # data that came without a test split
+    needed = (held_out, "train") if "tflite-int8" in formats else (held_out,)
     splits = sources.load_recorded(path, config, needed)
     model = in_float32(load_model(keras_path), config, len(splits.class_names))
     size = config.image_size
@@ -304,7 +307,7 @@ def run(
                 rundir.write_atomic(folder / FILES[f], convert_tflite(Path(tmp), f, representative))
                 written.append(folder / FILES[f])
 
-    images, labels, encoded = test_split(splits, config)
+    images, labels, encoded = test_split(splits, config, held_out)
     batch = config.batch_size
     keras_row, reference = measure("keras", keras_path, lambda x: model.predict_on_batch(x.astype(np.float32)),
                                    images, labels, batch, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flowerft import source_record
 from flowerft.artifacts import BYTES_INPUT, BYTES_SIGNATURE, IMAGES_INPUT, IMAGES_SIGNATURE, LABELS_FILE
 from flowerft.backbones import get_backbone
 from flowerft.config import Config
@@ -53,12 +54,21 @@ def int8_input(report: dict[str, Any], size: int) -> str:
     return f"- `model_int8.tflite`: uint8 [1, {size}, {size}, 3], quantization scale {scale:g}, zero point {zero}: {how}."
 
 
+def _split_sizes(metrics: dict[str, Any], config: Config) -> str:
+    """What each split held (a pre-split source's own splits are not percentages of one pool)."""
+    sizes = metrics.get("split_sizes") or {}
+    if not sizes:
+        return f"{config.test_percent}% test / {config.valid_percent}% validation / the rest training, split with seed {config.seed}"
+    shown = [f"{sizes[k]} {name}" for k, name in (("train", "training"), ("valid", "validation"), ("test", "test")) if sizes.get(k)]
+    return ", ".join(shown) + f" images (seed {config.seed})"
+
+
 def render(report: dict[str, Any], config: Config, metrics: dict[str, Any]) -> str:
     size = report["image_size"]
     names = report["class_names"]
     m = report["machine"]
     backbone = get_backbone(config.backbone)
-    data = f"the image folder `{config.data_dir}`" if config.data_dir else f"TFDS `{config.tfds_name}`"
+    data = f"`{source_record.describe(config, source_record.read(Path(report['run_dir'])))}`"
     best = metrics.get("best_val_accuracy")
     classes = "\n".join(f"{i}. {name}" for i, name in enumerate(names))
     return f"""# Model card: {Path(report['run_dir']).name}
@@ -99,8 +109,7 @@ this; for the other inputs do it before calling the model.
 
 ## Data and training
 
-- Data: {data}; {config.test_percent}% test / {config.valid_percent}% validation / the rest training,
-  split with seed {config.seed}. The int8 file was calibrated on {report['representative_images'] or 'no'} training images.
+- Data: {data}; {_split_sizes(metrics, config)}. The int8 file was calibrated on {report['representative_images'] or 'no'} training images.
 - Model: {config.backbone} (weights: `{config.weights}`), global average pooling, a softmax layer; {size} px.
 - Recipe `{config.recipe}`: head {config.epochs_head} epochs at lr {config.lr_head:g}, then fine-tuning
   {config.epochs_finetune} epochs at lr {config.lr_finetune:g} (SGD, momentum {config.momentum:g}, schedule

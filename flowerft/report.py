@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flowerft import curves, evaluate, report_page, rundir, runs
+from flowerft import curves, evaluate, report_page, rundir, runs, source_record
 from flowerft.errors import FlowerftError
 
 REPORT = "report.html"
@@ -55,6 +55,7 @@ class Page:
     parts: dict[str, Any] = field(default_factory=dict)  # part name -> its data, or Missing
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the report itself did (re-evaluated, ...)
+    split: str = "test"  # the held-out split shown: valid for a run whose data came without a test split
 
 
 def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",
@@ -68,6 +69,9 @@ def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",
     page = Page(path, rundir.read_yaml(path / "config.yaml"), runs.describe(path), _read(path / "metrics.json"))
     page.class_names = _read(path / "class_names.json") or []
     page.sizes = (page.metrics or {}).get("split_sizes") or _sizes_from_splits(path)
+    if not source_record.has_test(path):
+        page.split = "valid"
+        page.notes.append("the run's data came without a test split: the evaluation is on its validation split")
     for name, build in (("curves", _curves), ("evaluation", _evaluation), ("mistakes", _mistakes)):
         try:
             page.parts[name] = build(page, notify)
@@ -124,13 +128,13 @@ def _checkpoint_file(page: Page) -> Path:
 def _evaluation(page: Page, notify) -> dict[str, Any]:
     """evaluation.json, evaluating first when it is missing, older than the checkpoint, or lacks per-image predictions."""
     checkpoint = _checkpoint_file(page)
-    evaluation_path, matrix_path, predictions_path = (page.run_dir / n for n in evaluate.output_names("test", "best"))
+    evaluation_path, matrix_path, predictions_path = (page.run_dir / n for n in evaluate.output_names(page.split, "best"))
     current = (evaluation_path.is_file() and predictions_path.is_file() and checkpoint.is_file()
                and evaluation_path.stat().st_mtime >= checkpoint.stat().st_mtime)
     if not current:
-        notify(f"evaluating {page.run_dir} on its test split first")
+        notify(f"evaluating {page.run_dir} on its {page.split} split first")
         try:
-            result = evaluate.run(page.run_dir)
+            result = evaluate.run(page.run_dir, split=page.split)
         except FlowerftError as e:
             if not evaluation_path.is_file():
                 raise Missing(f"could not evaluate: {e}") from None
@@ -138,7 +142,7 @@ def _evaluation(page: Page, notify) -> dict[str, Any]:
         else:
             if result.not_written:
                 raise Missing(result.not_written)
-            page.notes.append("evaluated the best checkpoint on the test split for this report")
+            page.notes.append(f"evaluated the best checkpoint on the {page.split} split for this report")
     evaluation = _read(evaluation_path)
     if not isinstance(evaluation, dict) or "per_class" not in evaluation:
         raise Missing(f"{evaluation_path} is not an evaluation written by `flowerft evaluate`")
@@ -150,7 +154,7 @@ def _mistakes(page: Page, notify) -> dict[str, list[Example]]:
     """The most confident wrong predictions, and per class the image the model gave its class the least."""
     if isinstance(page.parts.get("evaluation"), Missing):
         raise Missing("needs the evaluation, which is missing (see above)")
-    predictions = _read(page.run_dir / evaluate.output_names("test", "best")[2])
+    predictions = _read(page.run_dir / evaluate.output_names(page.split, "best")[2])
     if not isinstance(predictions, dict):
         raise Missing("predictions.json is missing: run `flowerft evaluate` on this run")
     names = page.parts["evaluation"]["class_names"]
@@ -197,16 +201,18 @@ def _add_thumbnails(page: Page, examples: list[Example]) -> None:
 
 
 def _tfds_images(page: Page, wanted: set[int]) -> dict[int, np.ndarray]:
+    from PIL import Image
+
     from flowerft import sources
 
     try:
-        splits = sources.load_recorded(page.run_dir, evaluate.load_run_config(page.run_dir), ("test",))
+        splits = sources.load_recorded(page.run_dir, evaluate.load_run_config(page.run_dir), (page.split,))
     except FlowerftError:
         return {}
     found = {}
-    for i, (image, _) in enumerate(splits.test):
-        if i in wanted:
-            found[i] = image.numpy()
+    for i, (image, _) in enumerate(splits.get(page.split)):
+        if i in wanted:  # a decoded image (TFDS), or an encoded one (Hugging Face)
+            found[i] = image.numpy() if splits.element == "image" else np.asarray(Image.open(io.BytesIO(image.numpy())).convert("RGB"))
             if len(found) == len(wanted):
                 break
     return found

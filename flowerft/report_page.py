@@ -12,6 +12,8 @@ from html import escape
 from string import Template
 from typing import TYPE_CHECKING, Any, Iterable
 
+from flowerft import source_record
+
 if TYPE_CHECKING:
     from flowerft.report import Example, Page
 
@@ -110,7 +112,7 @@ def _run_part(page: Page) -> str:
     c, metrics = page.config, page.metrics or {}
     sizes = page.sizes
     classes = page.class_names
-    source = f"image folder {c.get('data_dir')}" if c.get("data_dir") else f"TFDS {c.get('tfds_name')}"
+    source = source_record.describe(c, source_record.read(page.run_dir))
     rows = [
         ("data", source),
         ("images", ", ".join(f"{n} {s}" for s, n in sizes.items()) if sizes else "missing (no splits.json nor metrics.json)"),

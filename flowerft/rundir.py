@@ -2,7 +2,8 @@
 
     <run_dir>/config.yaml          the resolved configuration
     <run_dir>/class_names.json     label index -> class name, in the source's own order
-    <run_dir>/splits.json          (image folders) the files of each split
+    <run_dir>/splits.json          (image folders, labels CSV) the files of each split
+    <run_dir>/source.json          where the images come from (flowerft/source_record.py)
     <run_dir>/checkpoints/         head_best.keras, finetune_best.keras, final.keras
     <run_dir>/history_<phase>.csv  per-epoch metrics of each phase (and history.json for both)
     <run_dir>/metrics.json         per-phase summary and which checkpoint is best (written last)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flowerft import rundir, runlock
+from flowerft import rundir, runlock, source_record
 from flowerft.errors import FlowerftError
 
 FINISHED, IN_PROGRESS, INTERRUPTED, INCOMPLETE, NOT_A_RUN = (
@@ -38,6 +38,7 @@ class RunRow:
     test_accuracy: float | None = None  # from evaluation.json, when the run was evaluated
     wall_time_s: float | None = None
     best: bool = False  # the finished run with the highest validation accuracy
+    source: str | None = None  # where its images come from: "folder flowers", "tfds beans:0.1.0", ...
 
     def to_dict(self) -> dict:
         row = asdict(self)
@@ -73,6 +74,7 @@ def describe(run_dir: Path) -> RunRow:
     config = rundir.read_yaml(run_dir / "config.yaml")
     row.started = (run_dir / "config.yaml").stat().st_mtime
     row.backbone, row.image_size = config.get("backbone"), config.get("image_size")
+    row.source = source_record.describe(config, source_record.read(run_dir), short=True)
     row.epochs_planned = (config.get("epochs_head") or 0) + (config.get("epochs_finetune") or 0)
     metrics = _json(run_dir / "metrics.json")
     if isinstance(metrics, dict) and isinstance(metrics.get("phases"), dict):

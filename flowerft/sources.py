@@ -1,7 +1,9 @@
-"""Where the images come from: TFDS `tf_flowers` (the book's source) or an image folder.
+"""Where the images come from: TFDS (`tf_flowers`, the book's, or any image dataset), an image
+folder (one subfolder per class, or already split), a labels CSV, or a Hugging Face dataset.
 
-Both give the same thing, a `Splits` of unbatched (item, label) datasets, which
-flowerft/data.py turns into batches.
+Each gives the same thing, a `Splits` of unbatched (item, label) datasets, which
+flowerft/data.py turns into batches. This module holds what the sources share (splitting,
+checks, the run's record of its splits); each kind has its own module.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Hashable
 
 import tensorflow as tf
 
 from flowerft.config import Config
-from flowerft import rundir
-from flowerft.data import IMAGE_EXTENSIONS, decode_image, is_image_file
+from flowerft import rundir, source_record
+from flowerft.data import decode_image
 from flowerft.errors import DataError, OfflineError
 
 SPLIT_NAMES = ("train", "valid", "test")
+# How datasets that come split name their splits (folders, CSV split column, Hugging Face).
+SPLIT_ALIASES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test"}
 # tf_flowers' archive lives here; a quick connect tells us whether TFDS can download it.
 TFDS_DOWNLOAD_HOST = ("download.tensorflow.org", 443)
 NETWORK_PROBE_SECONDS = 10.0
@@ -32,45 +37,26 @@ class Splits:
     train: tf.data.Dataset
     valid: tf.data.Dataset
     test: tf.data.Dataset
-    # What each element's first item is: "path" (a file to read) or "image" (decoded uint8).
+    # What each element's first item is: "path" (a file to read), "encoded" (an image file's
+    # bytes) or "image" (decoded uint8).
     element: str
     sizes: dict[str, int] = field(default_factory=dict)
-    # For a folder source: the files of each split, saved with the run so that `evaluate`
+    # For a file source: the files of each split, saved with the run so that `evaluate`
     # sees exactly this test set even if the folder changes later.
     files: dict[str, list[tuple[str, int]]] | None = None
     # Files of an image folder that did not decode and were left out.
     skipped: list[str] = field(default_factory=list)
     # Splits decoded into memory by `pipeline(cache="memory")`, kept for the next phase.
     decoded: dict[str, tuple[tf.Tensor, tf.Tensor]] = field(default_factory=dict, repr=False)
+    # What the run records of its source (source.json), and what training says about it at the start.
+    record: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> tf.data.Dataset:
         return getattr(self, name)
 
 
-# --------------------------------------------------------------------------- image folders
-
-
-def list_image_folder(data_dir: str | Path) -> tuple[list[str], list[list[str]]]:
-    """Class names (sorted subfolder names) and each class's image files (sorted)."""
-    root = Path(data_dir)
-    if not root.exists():
-        raise DataError(f"data dir {root} does not exist; give a folder with one subfolder of images per class")
-    if not root.is_dir():
-        raise DataError(f"data dir {root} is not a folder; give a folder with one subfolder of images per class")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DataError(f"data dir {root} has no class subfolders; put each class's images in a subfolder named after it")
-    files = []
-    for class_dir in class_dirs:
-        images = sorted(str(p) for p in class_dir.rglob("*") if is_image_file(p))
-        if not images:
-            raise DataError(
-                f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"
-            )
-        files.append(images)
-    if len(class_dirs) < 2:
-        raise DataError(f"data dir {root} has only one class ({class_dirs[0].name}); a classifier needs at least two")
-    return [p.name for p in class_dirs], files
+# --------------------------------------------------------------------------- splitting
 
 
 def split_sizes(n: int, test_percent: int, valid_percent: int) -> tuple[int, int, int]:
@@ -81,29 +67,36 @@ def split_sizes(n: int, test_percent: int, valid_percent: int) -> tuple[int, int
     return n_test, n_valid, n - n_test - n_valid
 
 
-def check_every_split_gets_each_class(class_names: list[str], files_per_class: list[list[str]], config: Config) -> None:
+def check_every_split_gets_each_class(
+    class_names: list[str], files_per_class: list[list], config: Config, test_percent: int | None = None,
+    remedy: str = "add images to it or remove its folder",
+) -> None:
     """A class missing from the test split is never evaluated (support 0); refuse it, saying what would do."""
+    test_percent = config.test_percent if test_percent is None else test_percent
+    percents = (test_percent, config.valid_percent)
+    wanted = [n for n, p in zip(("test", "valid"), percents) if p] + ["train"]
+
+    def enough(n):
+        return all(k >= 1 for k, p in zip(split_sizes(n, *percents), (*percents, 1)) if p)
+
     for name, files in zip(class_names, files_per_class):
-        if min(split_sizes(len(files), config.test_percent, config.valid_percent)) < 1:
-            enough = next(n for n in range(len(files) + 1, len(files) + 10_000)
-                          if min(split_sizes(n, config.test_percent, config.valid_percent)) >= 1)
+        if not enough(len(files)):
+            need = next(n for n in range(len(files) + 1, len(files) + 10_000) if enough(n))
+            shares = "/".join(f"{p}%" for p in percents if p) + "/rest"
             raise DataError(
                 f"class {name} has {len(files)} image{'s' if len(files) != 1 else ''}, too few images for one in each "
-                f"of the test, valid and train splits ({config.test_percent}%/{config.valid_percent}%/rest): "
-                f"{enough} would do; add images to it or remove its folder"
+                f"of the {', '.join(wanted[:-1])} and train splits ({shares}): {need} would do; {remedy}"
             )
 
 
-def split_files(
-    files_per_class: list[list[str]], test_percent: int, valid_percent: int, seed: int
-) -> dict[str, list[tuple[str, int]]]:
+def split_files(files_per_class: list[list], test_percent: int, valid_percent: int, seed: int) -> dict[str, list[tuple]]:
     """Split each class the way the TFDS slices split tf_flowers: test, valid, then train.
 
     Per class (stratified), after a shuffle fixed by `seed`, so every split sees every class
     and the same folder and seed always give the same split.
     """
     rng = random.Random(seed)
-    splits: dict[str, list[tuple[str, int]]] = {name: [] for name in SPLIT_NAMES}
+    splits: dict[str, list[tuple]] = {name: [] for name in SPLIT_NAMES}
     for label, files in enumerate(files_per_class):
         files = list(files)
         rng.shuffle(files)
@@ -117,17 +110,80 @@ def split_files(
     return splits
 
 
+def arrange(
+    class_names: list[str], given: dict[str, list[list[Hashable]]], config: Config, where: str,
+    remedy: str = "add images to it or remove its folder",
+) -> tuple[dict[str, list[tuple]], list[str]]:
+    """Each split's (item, label) from a source's items per class, and what to say about it.
+
+    `given` maps the splits the source comes with ("train", "valid", "test") to each class's
+    items; None for a source that comes unsplit, split here 10/15/75 with the seed. A missing
+    validation split is carved from train with the seed; a missing test split stays empty.
+    """
+    present = [name for i, name in enumerate(class_names) if any(per_class[i] for per_class in given.values())]
+    check_two_classes(present, where)
+    if "all" in given:
+        check_every_split_gets_each_class(class_names, given["all"], config, remedy=remedy)
+        return split_files(given["all"], config.test_percent, config.valid_percent, config.seed), []
+    for split, per_class in given.items():
+        for name, items in zip(class_names, per_class):
+            if not items:
+                raise DataError(f"class {name} has no images in the {split} split of {where}; "
+                                "add some, or remove the class from every split")
+    notes = []
+    files = {split: [(item, label) for label, items in enumerate(given.get(split, [])) for item in items]
+             for split in SPLIT_NAMES}
+    if "valid" not in given:
+        check_every_split_gets_each_class(class_names, given["train"], config, test_percent=0,
+                                          remedy="add images to its train split or give a validation split")
+        carved = split_files(given["train"], 0, config.valid_percent, config.seed)
+        files["train"], files["valid"] = carved["train"], carved["valid"]
+        notes.append(f"{where} has no validation split: {config.valid_percent}% of each class's train images "
+                     f"validate (seed {config.seed})")
+    if "test" not in given:
+        notes.append(f"{where} has no test split: evaluate with --split valid; `report` shows the validation split")
+    rng = random.Random(config.seed)
+    for split in given:
+        if split != "train" or "valid" in given:
+            rng.shuffle(files[split])  # the source's order is often by class
+    return files, notes
+
+
+def ordered_classes(found: list[str], config: Config, where: str) -> list[str]:
+    """The class names in label order: `found` (sorted by the caller), or as class_order gives them (all, once)."""
+    if config.class_order is None:
+        return list(found)
+    order = [name.strip() for name in config.class_order.split(",")]
+    unknown = [name for name in order if name not in found]
+    if unknown:
+        raise DataError(f"class_order names {unknown[0]}, which is not a class of {where} ({', '.join(sorted(found))})")
+    missing = [name for name in sorted(found) if name not in order]
+    if missing or len(set(order)) != len(order):
+        what = f"lacks {missing[0]}" if missing else "names a class twice"
+        raise DataError(f"class_order {what}; list every class of {where} once: {', '.join(sorted(found))}")
+    return order
+
+
+def check_two_classes(class_names: list[str], where: str) -> None:
+    if len(class_names) < 2:
+        raise DataError(f"{where} has only one class ({', '.join(class_names) or 'none'}); a classifier needs at least two")
+
+
+# --------------------------------------------------------------------------- file sources
+
+
 def file_dataset(items: list[tuple[str, int]]) -> tf.data.Dataset:
     paths = [p for p, _ in items]
     labels = [label for _, label in items]
     return tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int64))
+        (tf.constant(paths, tf.string, shape=[len(paths)]), tf.constant(labels, tf.int64, shape=[len(labels)]))
     )
 
 
-def splits_from_files(class_names: list[str], files: dict[str, list[tuple[str, int]]]) -> Splits:
+def splits_from_files(class_names: list[str], files: dict[str, list[tuple[str, int]]], record: dict | None = None) -> Splits:
+    has_test = (record or {}).get("has_test", True)
     for name in SPLIT_NAMES:
-        if not files[name]:
+        if not files[name] and (name != "test" or has_test):
             raise DataError(
                 f"the {name} split is empty; add images (at least 10 per class) or change test_percent/valid_percent"
             )
@@ -136,6 +192,7 @@ def splits_from_files(class_names: list[str], files: dict[str, list[tuple[str, i
         element="path",
         files=files,
         sizes={name: len(files[name]) for name in SPLIT_NAMES},
+        record=record or {},
         **{name: file_dataset(files[name]) for name in SPLIT_NAMES},
     )
 
@@ -145,38 +202,53 @@ def undecodable(paths: list[str]) -> list[str]:
 
     One parallel pass with the decoder training uses, so no bad file can stop an epoch later.
     """
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).enumerate()
-    ds = ds.map(lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p)))), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string, shape=[len(paths)]))
+    return [paths[i] for i in undecodable_contents(ds.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE))]
+
+
+def undecodable_contents(contents: tf.data.Dataset) -> list[int]:
+    """The positions of the encoded images in `contents` that do not decode."""
+    ds = contents.enumerate().map(lambda i, c: (i, tf.shape(decode_image(c))), num_parallel_calls=tf.data.AUTOTUNE)
     readable = {int(i) for i, _ in ds.ignore_errors()}
-    return [p for i, p in enumerate(paths) if i not in readable]
+    n = int(contents.reduce(0, lambda k, _: k + 1)) if contents.cardinality() < 0 else int(contents.cardinality())
+    return [i for i in range(n) if i not in readable]
 
 
-def load_folder(config: Config) -> Splits:
-    class_names, files_per_class = list_image_folder(config.data_dir)
-    skipped = undecodable([p for files in files_per_class for p in files])
-    if skipped:
-        bad = set(skipped)
-        files_per_class = [[p for p in files if p not in bad] for files in files_per_class]
-        for name, files in zip(class_names, files_per_class):
+def drop_unreadable(class_names: list[str], given: dict[str, list[list[str]]], where: str) -> tuple[dict, list[str]]:
+    """`given` without the files that do not decode, and those files; a class left empty is refused."""
+    skipped = undecodable([p for per_class in given.values() for files in per_class for p in files])
+    if not skipped:
+        return given, []
+    bad = set(skipped)
+    kept = {split: [[p for p in files if p not in bad] for files in per_class] for split, per_class in given.items()}
+    for split, per_class in kept.items():
+        for name, files in zip(class_names, per_class):
             if not files:
-                raise DataError(f"class folder {name} has no readable images (all {len(bad)} unreadable files listed "
-                                f"first: {', '.join(skipped[:3])}); replace them or remove the folder")
-    check_every_split_gets_each_class(class_names, files_per_class, config)
-    files = split_files(files_per_class, config.test_percent, config.valid_percent, config.seed)
-    splits = splits_from_files(class_names, files)
-    splits.skipped = skipped
-    return splits
+                in_split = "" if split == "all" else f" in the {split} split"
+                raise DataError(f"class {name} has no readable images{in_split} of {where} ({len(bad)} unreadable files, "
+                                f"first: {', '.join(skipped[:3])}); replace them or remove the class")
+    return kept, skipped
 
 
 def load_recorded(run_dir: Path, config: Config, needed: tuple[str, ...] = SPLIT_NAMES) -> Splits:
-    """A run's own splits: its recorded file lists (image folders), else the TFDS slices.
+    """A run's own splits: its recorded file lists (files), else its recorded source (TFDS, Hugging Face).
 
     The files of the `needed` splits must still be there and decode, checked now: a file
     that went missing since training must not stop an epoch or an evaluation halfway.
     """
+    record = source_record.read(run_dir) or {}
+    if "test" in needed and not record.get("has_test", True):
+        raise DataError(f"{run_dir} has no test split (its data, {source_record.describe(config, record)}, came "
+                        "without one); use --split valid")
     files_path = run_dir / "splits.json"
     if not files_path.is_file():
-        return load_tfds(config)
+        kind = source_record.kind(config)
+        own = record if record.get("kind") == kind else {}  # runs from before source.json: none
+        if kind == source_record.HF:
+            from flowerft import hf_datasets
+            return hf_datasets.load(config, own)
+        from flowerft import tfds_datasets
+        return tfds_datasets.load(config, own)
     class_names = rundir.read_json(run_dir / "class_names.json")
     files = {k: [(p, int(y)) for p, y in v] for k, v in rundir.read_json(files_path).items()}
     paths = [p for name in needed for p, _ in files[name]]
@@ -188,20 +260,7 @@ def load_recorded(run_dir: Path, config: Config, needed: tuple[str, ...] = SPLIT
             f"{len(broken)} of the {len(paths)} {'/'.join(needed)} files recorded in {files_path} are {what} "
             f"(first: {broken[0]}); put them back, or train a new run on the folder as it is now"
         )
-    return splits_from_files(class_names, files)
-
-
-# --------------------------------------------------------------------------- TFDS
-
-
-def tfds_split_names(test_percent: int, valid_percent: int) -> dict[str, str]:
-    """The book's slices of tf_flowers' single split: test [:10%], valid [10%:25%], train [25%:]."""
-    end = test_percent + valid_percent
-    return {
-        "test": f"train[:{test_percent}%]",
-        "valid": f"train[{test_percent}%:{end}%]",
-        "train": f"train[{end}%:]",
-    }
+    return splits_from_files(class_names, files, record)
 
 
 def check_online(host: tuple[str, int], what: str, remedy: str) -> None:
@@ -212,31 +271,10 @@ def check_online(host: tuple[str, int], what: str, remedy: str) -> None:
         raise OfflineError(f"cannot download {what}: {host[0]} is unreachable ({e.strerror or e}); {remedy}") from None
 
 
-def load_tfds(config: Config) -> Splits:
-    import tensorflow_datasets as tfds  # slow to import; only this source needs it
-
-    builder = tfds.builder(config.tfds_name, data_dir=config.tfds_data_dir)
-    if not builder.is_prepared():
-        check_online(
-            TFDS_DOWNLOAD_HOST,
-            config.tfds_name,
-            "work offline with --data-dir FOLDER (one subfolder of images per class), "
-            "or --tfds-data-dir pointing at a TFDS folder that already holds it",
-        )
-        builder.download_and_prepare()
-    names = tfds_split_names(config.test_percent, config.valid_percent)
-    datasets = {
-        split: builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
-        for split, tfds_split in names.items()
-    }
-    sizes = {split: int(ds.cardinality()) for split, ds in datasets.items()}
-    return Splits(
-        class_names=list(builder.info.features["label"].names),
-        element="image",
-        sizes=sizes,
-        **datasets,
-    )
-
-
 def load(config: Config) -> Splits:
-    return load_folder(config) if config.data_dir else load_tfds(config)
+    """The splits of the source the config names (see source_record.kind)."""
+    from flowerft import hf_datasets, image_folders, labels_file, tfds_datasets
+
+    loaders = {source_record.FOLDER: image_folders.load, source_record.LABELS: labels_file.load,
+               source_record.HF: hf_datasets.load, source_record.TFDS: tfds_datasets.load}
+    return loaders[source_record.kind(config)](config)

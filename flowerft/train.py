@@ -19,7 +19,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import curves, data, distribute, micro_batches, partial, precision, rundir, runlock, sources, state
+from flowerft import curves, data, distribute, micro_batches, partial, precision, rundir, runlock, source_record, sources, state
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
@@ -321,6 +321,8 @@ def _train(
         f"{len(splits.class_names)} classes ({', '.join(splits.class_names)}); "
         + ", ".join(f"{splits.sizes[s]} {s}" for s in sources.SPLIT_NAMES) + " images"
     )
+    for note in splits.notes:
+        notify(note)
     if splits.skipped:
         shown = ", ".join(splits.skipped[:3]) + (f" and {len(splits.skipped) - 3} more" if len(splits.skipped) > 3 else "")
         notify(f"skipped {len(splits.skipped)} files that are not readable images: {shown}")
@@ -405,6 +407,8 @@ def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: 
     rundir.write_json(run_dir / "class_names.json", splits.class_names)
     if splits.files is not None:
         rundir.write_json(run_dir / "splits.json", splits.files)
+    if splits.record:  # where the images are, so that evaluate, report and --resume find them again
+        rundir.write_json(run_dir / source_record.SOURCE, splits.record)
     if splits.skipped:
         rundir.write_json(run_dir / "skipped_files.json", splits.skipped)
     state.save_initial(model, run_dir)

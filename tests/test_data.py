@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from flowerft import data, sources
+from flowerft import data, image_folders, sources, tfds_datasets
 from flowerft.config import make_config
 from flowerft.errors import DataError, OfflineError
 
@@ -108,7 +108,7 @@ def test_list_image_folder_ignores_hidden_and_non_image_files(tmp_path):
     (root / ".cache").mkdir()
     (root / "roses" / "more").mkdir()
     make_image_folder(root / "roses" / "more", classes=("x",), per_class=1, ext=".png")
-    names, files = sources.list_image_folder(root)
+    names, files = image_folders.list_image_folder(root)
     assert names == ["daisy", "dandelion", "roses"]
     assert [len(f) for f in files] == [3, 3, 4]
 
@@ -136,13 +136,13 @@ def test_bad_folders(tmp_path, layout, message):
     elif layout == "one class":
         make_image_folder(root, classes=("daisy",), per_class=2)
     with pytest.raises(DataError, match=message):
-        sources.list_image_folder(root)
+        image_folders.list_image_folder(root)
 
 
 def test_too_few_images_for_a_split(tmp_path):
     root = make_image_folder(tmp_path / "f", per_class=2)
     with pytest.raises(DataError, match="class daisy has 2 images, too few .*: 6 would do"):
-        sources.load_folder(make_config(data_dir=str(root)))
+        image_folders.load(make_config(data_dir=str(root)))
 
 
 def test_a_class_too_small_for_every_split_is_refused_with_the_remedy(tmp_path):
@@ -150,7 +150,7 @@ def test_a_class_too_small_for_every_split_is_refused_with_the_remedy(tmp_path):
     for extra in sorted((root / "roses").iterdir())[1:]:
         extra.unlink()  # roses keeps 1 image: it would land in train only, and evaluate would show support 0
     with pytest.raises(DataError, match="class roses has 1 image, too few .* add images to it or remove its folder"):
-        sources.load_folder(make_config(data_dir=str(root)))
+        image_folders.load(make_config(data_dir=str(root)))
     assert sources.split_sizes(6, 10, 15) == (1, 1, 4) and sources.split_sizes(5, 10, 15) == (1, 0, 4)
 
 
@@ -168,7 +168,7 @@ def test_folder_pipeline_reads_the_files(tmp_path):
 
 
 def test_tfds_slices_are_the_books():
-    assert sources.tfds_split_names(10, 15) == {"test": "train[:10%]", "valid": "train[10%:25%]", "train": "train[25%:]"}
+    assert tfds_datasets.tfds_split_names(10, 15) == {"test": "train[:10%]", "valid": "train[10%:25%]", "train": "train[25%:]"}
 
 
 def test_tfds_source_keeps_tfds_class_order(tmp_path, monkeypatch):

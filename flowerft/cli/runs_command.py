@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from flowerft.errors import FlowerftError
@@ -48,9 +49,10 @@ def runs_table(rows, runs_root: str) -> Table:
     for r in rows:
         epochs = "-" if r.epochs_planned is None else f"{r.epochs_run or 0}/{r.epochs_planned}"
         table.add_row(
-            r.name + (" *" if r.best else ""), time.strftime("%m-%d %H:%M", time.localtime(r.started)), r.status,
+            # Under the name, where its images come from (a second line: the row has no room for a column).
+            r.name + (" *" if r.best else "") + (f"\n[dim]{escape(r.source)}[/]" if r.source else ""), time.strftime("%m-%d %H:%M", time.localtime(r.started)), r.status,
             f"{r.backbone} {r.image_size}px" if r.backbone else "-", epochs, pct(r.best_val_accuracy), pct(r.test_accuracy),
             "-" if r.wall_time_s is None else f"{r.wall_time_s:.0f} s",
         )
-    table.caption = "val: best validation accuracy; test: test accuracy; *: best finished run"
+    table.caption = "under each run its data (folder, csv, tfds, hf); val: best validation accuracy; test: test accuracy; *: best finished run"
     return table

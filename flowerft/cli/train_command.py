@@ -18,8 +18,15 @@ from flowerft.cli.common import console, default, fail, import_tensorflow_quietl
 @app.command()
 def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides (see configs/).")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Image folder with one subfolder per class, for offline use (default: TFDS tf_flowers).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Image folder: one subfolder per class, or train/ val/ test/ folders of class folders (default: TFDS tf_flowers).")] = None,
     tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="CSV of path,label[,split] rows (paths relative to it): the images and their classes.")] = None,
+    tfds: Annotated[Optional[str], typer.Option(help="TFDS image-classification dataset NAME[:VERSION], e.g. beans" + default("tfds_name"))] = None,
+    tfds_splits: Annotated[Optional[str], typer.Option(help="TFDS splits TEST,VALID,TRAIN, e.g. test,validation,train[:50%] (default: the dataset's own, slices of train where it lacks them).")] = None,
+    hf_dataset: Annotated[Optional[str], typer.Option(help="Hugging Face dataset: a save_to_disk folder, parquet files or a hub name (pip install 'flowerft[hf]').")] = None,
+    image_column: Annotated[Optional[str], typer.Option(help="The image column (CSV, Hugging Face) or feature (TFDS) (default: found).")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="The label column (CSV, Hugging Face) or feature (TFDS) (default: found).")] = None,
+    class_order: Annotated[Optional[str], typer.Option(help="Class names in label order, comma-separated (default: sorted).")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
     weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file" + default("weights"))] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}" + default("backbone"))] = None,
@@ -56,6 +63,8 @@ def train(
         lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
         finetune_blocks=finetune_blocks, finetune_from=finetune_from, precision=precision, micro_batch=micro_batch,
         # A switch left off keeps whatever the YAML file says.
+        labels=labels, tfds_name=tfds, tfds_splits=tfds_splits, hf_dataset=hf_dataset, image_column=image_column,
+        label_column=label_column, class_order=class_order,
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None, distribute=distribute,
     )
     try:

@@ -22,7 +22,7 @@ def scaling_output(model):
     return keras.Model(model.input, model.get_layer("pixel_scaling").output)(PIXELS)
 
 
-@pytest.mark.parametrize("backbone", ["xception", "mobilenet", "resnet50"])
+@pytest.mark.parametrize("backbone", ["xception", "mobilenet", "mobilenetv2", "resnet50"])
 def test_model_scales_raw_pixels_as_preprocess_input_does(backbone):
     model, _ = build_model(make_config(backbone=backbone, weights="none", image_size=71), 3)
     module = getattr(keras.applications, get_backbone(backbone).preprocess_module)

@@ -97,6 +97,31 @@ def test_help_lists_every_option_with_its_default():
     assert "(default: 0.02; --recipe book: 0.2)" in " ".join(result.output.replace("│", " ").split())
 
 
+def test_every_train_option_shows_its_default_from_config():
+    """Every option that sets a Config field names that field's default (from Config, the one home)."""
+    import typer.main
+
+    from flowerft.cli.common import default
+    from flowerft.config import DEFAULTS
+
+    command = typer.main.get_command(app).commands["train"]
+    text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=200).output.replace("│", " ").split())
+    starts = sorted(text.index(f"{p.opts[0]} ") for p in command.params if p.opts[0].startswith("--"))
+    options = [p for p in command.params if p.name in DEFAULTS]
+    assert len(options) >= 20  # the train command sets most of Config
+    # Config's None for these means another source, which the help names in words.
+    worded = {"data_dir": "(default: TFDS tf_flowers)", "tfds_data_dir": "(default: TFDS's own, $TFDS_DATA_DIR or"}
+    assert all(DEFAULTS[key] is None for key in worded)
+    for option in options:
+        if option.default is None:  # unset: Config's value applies, and its help (up to the next option) says which
+            start = text.index(f"{option.opts[0]} ")
+            end = next((i for i in starts if i > start), len(text))
+            shown = worded.get(option.name) or " ".join(default(option.name).split())[:-1]  # without the full stop
+            assert shown in text[start:end], (option.name, text[start:end])
+        else:  # a switch whose default is the flag's own: it must be Config's
+            assert option.default == DEFAULTS[option.name], option.name
+
+
 def test_recipe_and_augment_flags(captured, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("augment: true\nlr_head: 0.1\n")
@@ -156,7 +181,7 @@ def test_offline_tfds_fails_fast_with_the_remedy(tmp_path, monkeypatch):
         monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
         start = time.monotonic()
         message = error_of(["train", "--tfds-data-dir", str(tmp_path)])
-    assert time.monotonic() - start < 15
+    assert time.monotonic() - start < sources.NETWORK_PROBE_SECONDS  # refused at once, not the probe's timeout
     assert "--data-dir" in message and "--tfds-data-dir" in message
 
 

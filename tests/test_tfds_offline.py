@@ -83,7 +83,8 @@ def test_train_evaluate_predict_and_report_on_a_prepared_tf_flowers(tf_flowers_d
     assert names == ["dandelion", "daisy", "tulips", "sunflowers", "roses"]  # TFDS's order, not sorted
     assert json.loads((run / "class_names.json").read_text()) == names
     metrics = json.loads((run / "metrics.json").read_text())
-    tfds_sizes = {split: builder.info.splits[s].num_examples for split, s in sources.tfds_split_names(10, 15).items()}
+    book = {"test": "train[:10%]", "valid": "train[10%:25%]", "train": "train[25%:]"}  # Géron's slices
+    tfds_sizes = {split: builder.info.splits[s].num_examples for split, s in book.items()}
     assert metrics["split_sizes"] == tfds_sizes == {"test": 4, "valid": 6, "train": 30}
     assert not (run / "splits.json").exists()  # a TFDS run has no files to record: the slices are the split
 

@@ -109,17 +109,19 @@ def test_every_train_option_shows_its_default_from_config():
     starts = sorted(text.index(f"{p.opts[0]} ") for p in command.params if p.opts[0].startswith("--"))
     options = [p for p in command.params if p.name in DEFAULTS]
     assert len(options) >= 20  # the train command sets most of Config
-    # Config's None for these means another source, which the help names in words.
-    worded = {"data_dir": "(default: TFDS tf_flowers)", "tfds_data_dir": "(default: TFDS's own, $TFDS_DATA_DIR or"}
-    assert all(DEFAULTS[key] is None for key in worded)
+    # None here means "this source is not used" or "the library's own folder": nothing to show.
+    unset_means_absent = {"tfds_data_dir", "labels", "hf_dataset"}
     for option in options:
-        if option.default is None:  # unset: Config's value applies, and its help (up to the next option) says which
-            start = text.index(f"{option.opts[0]} ")
-            end = next((i for i in starts if i > start), len(text))
-            shown = worded.get(option.name) or " ".join(default(option.name).split())[:-1]  # without the full stop
-            assert shown in text[start:end], (option.name, text[start:end])
-        else:  # a switch whose default is the flag's own: it must be Config's
+        start = text.index(f"{option.opts[0]} ")
+        end = next((i for i in starts if i > start), len(text))
+        help_text = text[start:end]  # up to the next option
+        if option.default is not None:  # a switch whose default is the flag's own: it must be Config's
             assert option.default == DEFAULTS[option.name], option.name
+        elif DEFAULTS[option.name] is not None:  # unset: Config's value applies, and the help says which
+            shown = " ".join(default(option.name).split())[:-1]  # without the final full stop
+            assert shown in help_text, (option.name, help_text)
+        elif option.name not in unset_means_absent:  # Config's None: off, or what applies instead, in words
+            assert "(default: " in help_text, (option.name, help_text)
 
 
 def test_recipe_and_augment_flags(captured, tmp_path):

@@ -19,7 +19,7 @@ from flowerft.cli.common import console, default, fail, import_tensorflow_quietl
 def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides (see configs/).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Image folder with one subfolder per class, for offline use (default: TFDS tf_flowers).")] = None,
-    tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers (default: TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets).")] = None,
+    tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
     weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file" + default("weights"))] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}" + default("backbone"))] = None,

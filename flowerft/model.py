@@ -161,6 +161,21 @@ def learning_rate_schedule(
     )
 
 
+def clip_after_summing_replicas(optimizer: keras.optimizers.Optimizer) -> None:
+    """Clip each variable's gradient once the replicas' gradients are summed, as one device would.
+
+    Keras clips in `optimizer.apply`, before the tf.distribute all-reduce: 2 replicas would clip
+    their half-batch gradients each, and reach other weights than 1 device clipping the whole
+    batch's (tests/test_distribute.py caught it). `update_step` gets each variable's summed
+    gradient, so the same per-tensor clip (`clipnorm`) moves there; with one device nothing changes.
+    The optimizer stays a plain SGD, so saved models load anywhere.
+    """
+    update_step = optimizer.update_step
+    optimizer._clip_gradients = lambda grads: grads
+    optimizer.update_step = lambda gradient, variable, learning_rate: update_step(
+        optimizer._clip_by_norm(gradient), variable, learning_rate)
+
+
 def compile_for_phase(
     model: keras.Model,
     *,
@@ -189,6 +204,8 @@ def compile_for_phase(
         rate = PerBatchSchedule(rate, micro_batches)
         accumulate = dict(gradient_accumulation_steps=micro_batches)
     optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=momentum, clipnorm=clipnorm or None, **accumulate)
+    if optimizer.clipnorm:
+        clip_after_summing_replicas(optimizer)
     if label_smoothing:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     else:

@@ -5,6 +5,7 @@ Everything runs offline on data made here, with weights=none and tiny images.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -109,3 +110,102 @@ def tiny_backbone(monkeypatch):
     from flowerft import model
 
     monkeypatch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size))
+
+
+@contextlib.contextmanager
+def tiny_base_under_head(residual: bool = False):
+    """tiny_backbone at any fixture scope (module and session fixtures cannot take monkeypatch)."""
+    from flowerft import model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size, residual))
+        yield
+
+
+# The stated margin of "the weights moved": a tensor whose largest change is below it did not learn.
+MOVED = 1e-3
+BASE_KERNELS = ("block1_conv/kernel", "block2_conv/kernel", "block3_conv/kernel")
+HEAD_KERNEL = "predictions/kernel"
+
+
+def named_weights(source) -> dict:
+    """{variable path: array} of a model, or of a run's checkpoint given its path."""
+    import keras
+
+    model = source if isinstance(source, keras.Model) else keras.saving.load_model(source, compile=False)
+    return {v.path: np.array(v.numpy()) for v in model.weights}
+
+
+def start_weights(run: Path) -> dict:
+    """The run's classifier before training, rebuilt from its config with its seed (tiny base)."""
+    import keras
+
+    from flowerft import rundir
+    from flowerft.config import make_config
+    from flowerft.model import build_model
+
+    config = make_config(**rundir.read_yaml(run / "config.yaml"))
+    keras.utils.set_random_seed(config.seed)
+    with tiny_base_under_head():
+        model, _ = build_model(config, len(rundir.read_json(run / "class_names.json")))
+    return named_weights(model)
+
+
+def largest_change(before: dict, after: dict, name: str) -> float:
+    (key,) = [k for k in before if k.endswith(name)]
+    return float(np.abs(after[key] - before[key]).max())
+
+
+def assert_trained(run: Path, margin: float = MOVED, base_kernels=BASE_KERNELS) -> None:
+    """An equivalence test's first check: the run's base and head really learned.
+
+    Every base kernel moved from its start by more than `margin` during fine-tuning, and so did the
+    head's kernel in its own phase, so a comparison of final weights compares something trained.
+    """
+    start, head, final = (start_weights(run), named_weights(run / "checkpoints" / "head_best.keras"),
+                          named_weights(run / "checkpoints" / "final.keras"))
+    assert largest_change(start, head, HEAD_KERNEL) > margin, "the head did not learn in its phase"
+    for name in base_kernels:
+        assert largest_change(head, final, name) > margin, f"{name} did not learn in fine-tuning"
+
+
+def assert_differ(a: dict, b: dict, names=(HEAD_KERNEL, *BASE_KERNELS), margin: float = MOVED) -> None:
+    """Two sides of a comparison are apart before the step under test, so equal afterwards means something.
+
+    `a` and `b` map variable paths to arrays (named_weights); each named tensor differs by more than `margin`.
+    """
+    for name in names:
+        assert largest_change(a, b, name) > margin, f"{name} was already equal before the step under test"
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+# What tests may add to a checkout: Python's and pytest's own caches, the venv, build output.
+NOT_THE_CHECKOUTS = {".git", ".venv", "__pycache__", ".pytest_cache", "build", "dist"}
+
+
+def checkout_files(root: Path = CHECKOUT) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime)} of every file in the checkout but caches, venv and .git."""
+    files = {}
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in NOT_THE_CHECKOUTS and not d.endswith(".egg-info")]
+        for name in names:
+            path = Path(folder, name)
+            stat = path.lstat()
+            files[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_left_as_found(tmp_path_factory):
+    """The session runs in a temp folder, and fails at its end if the checkout gained or changed a file.
+
+    Module- and session-scoped fixtures run before the per-test chdir below: without this they would
+    write runs/latest (the pointer to the newest run) into the checkout.
+    """
+    before = checkout_files()
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("session_cwd"))
+    yield
+    os.chdir(previous)
+    after = checkout_files()
+    changed = sorted(p for p in after.keys() | before.keys() if before.get(p) != after.get(p))
+    assert not changed, f"the tests wrote into the checkout {CHECKOUT}: {changed[:10]}"

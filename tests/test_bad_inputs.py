@@ -127,8 +127,17 @@ def test_bad_input_is_one_clear_line(case, tmp_path, trained_run, monkeypatch):
     assert message in line, line
 
 
-def test_the_corpus_is_large_enough():
-    assert len(CASES) >= 15
+def test_the_corpus_covers_every_command_that_reads_user_input(tmp_path):
+    run = tmp_path / "run"  # just what the cases' breakages touch, instead of a trained run's copies
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"best_checkpoint": "checkpoints/final.keras"}))
+    (run / "splits.json").write_text(json.dumps({"test": [["a.jpg", 0]]}))
+    commands = {}
+    for number, (make_args, _) in enumerate(CASES.values()):
+        (tmp_path / str(number)).mkdir()
+        commands.setdefault(make_args(tmp_path / str(number), run)[0], []).append(number)
+    assert {command: len(cases) >= 4 for command, cases in commands.items()} == dict.fromkeys(
+        ("train", "evaluate", "predict"), True)
 
 
 @pytest.mark.parametrize("command", [["evaluate"], ["predict", "x.jpg"]])

@@ -97,6 +97,33 @@ def test_help_lists_every_option_with_its_default():
     assert "(default: 0.02; --recipe book: 0.2)" in " ".join(result.output.replace("│", " ").split())
 
 
+def test_every_train_option_shows_its_default_from_config():
+    """Every option that sets a Config field names that field's default (from Config, the one home)."""
+    import typer.main
+
+    from flowerft.cli.common import default
+    from flowerft.config import DEFAULTS
+
+    command = typer.main.get_command(app).commands["train"]
+    text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=200).output.replace("│", " ").split())
+    starts = sorted(text.index(f"{p.opts[0]} ") for p in command.params if p.opts[0].startswith("--"))
+    options = [p for p in command.params if p.name in DEFAULTS]
+    assert len(options) >= 20  # the train command sets most of Config
+    # None here means "this source is not used" or "the library's own folder": nothing to show.
+    unset_means_absent = {"tfds_data_dir", "labels", "hf_dataset"}
+    for option in options:
+        start = text.index(f"{option.opts[0]} ")
+        end = next((i for i in starts if i > start), len(text))
+        help_text = text[start:end]  # up to the next option
+        if option.default is not None:  # a switch whose default is the flag's own: it must be Config's
+            assert option.default == DEFAULTS[option.name], option.name
+        elif DEFAULTS[option.name] is not None:  # unset: Config's value applies, and the help says which
+            shown = " ".join(default(option.name).split())[:-1]  # without the final full stop
+            assert shown in help_text, (option.name, help_text)
+        elif option.name not in unset_means_absent:  # Config's None: off, or what applies instead, in words
+            assert "(default: " in help_text, (option.name, help_text)
+
+
 def test_recipe_and_augment_flags(captured, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("augment: true\nlr_head: 0.1\n")
@@ -156,7 +183,7 @@ def test_offline_tfds_fails_fast_with_the_remedy(tmp_path, monkeypatch):
         monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
         start = time.monotonic()
         message = error_of(["train", "--tfds-data-dir", str(tmp_path)])
-    assert time.monotonic() - start < 15
+    assert time.monotonic() - start < sources.NETWORK_PROBE_SECONDS  # refused at once, not the probe's timeout
     assert "--data-dir" in message and "--tfds-data-dir" in message
 
 

@@ -16,7 +16,7 @@ from flowerft import data, state, train
 from flowerft.config import make_config
 from flowerft.errors import Interrupted
 
-from conftest import make_image_folder
+from conftest import BASE_KERNELS, HEAD_KERNEL, assert_differ, assert_trained, make_image_folder, named_weights, tiny_base_under_head
 
 EPOCHS_HEAD, EPOCHS_FINETUNE = 2, 2
 
@@ -31,6 +31,7 @@ class StopAfter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 == self.epoch:
             self.optimizer = optimizer_state(self.model)
+            self.weights = named_weights(self.model)  # what the resumed run starts from
             raise KeyboardInterrupt
 
 
@@ -47,6 +48,13 @@ def config(folder, run, cache):
 
 def final_weights(run):
     return keras.saving.load_model(run / "checkpoints" / "final.keras", compile=False).get_weights()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny():
+    """A base that learns in a few steps (conftest.tiny_base): a lost base or momentum shows in its weights."""
+    with tiny_base_under_head():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +86,17 @@ def deterministic_ops():
 @pytest.mark.parametrize("cache", ["memory", "file"])
 def test_a_run_stopped_in_each_phase_and_resumed_ends_with_the_same_weights(folder, uninterrupted, tmp_path, cache):
     reference, reference_metrics = uninterrupted
+    assert_trained(reference)  # the base and the head learned: equal weights compare something
+    end = named_weights(reference / "checkpoints" / "final.keras")
     run = tmp_path / "run"
     # Stopped after head epoch 1 (cached features: the head trains on them) and after the
     # first fine-tune epoch, resumed each time in a fresh model as a new process would.
-    for stop in (1, EPOCHS_HEAD + 1):
+    for stop, moving in ((1, [HEAD_KERNEL]), (EPOCHS_HEAD + 1, [HEAD_KERNEL, *BASE_KERNELS])):
+        stopper = StopAfter(stop)
         with pytest.raises(Interrupted):
-            train.run(config(folder, run, cache), callbacks=lambda phase, c: [StopAfter(stop)], resume=stop > 1)
+            train.run(config(folder, run, cache), callbacks=lambda phase, c: [stopper], resume=stop > 1)
+        # Where the resume starts is far from where the run ends: the epochs left must really run.
+        assert_differ(stopper.weights, end, moving)
     result = train.run(config(folder, run, cache), resume=True)
 
     for a, b in zip(final_weights(reference), final_weights(run), strict=True):

@@ -111,12 +111,15 @@ def test_savedmodel_signatures_answer_like_the_keras_model(served, reference):
     assert [n.decode() for n in loaded.class_names[0].numpy()] == list(names)
 
 
-def test_serving_bytes_decodes_jpeg_and_png_of_another_size_as_training_does(served, reference):
+def test_serving_bytes_decodes_every_format_of_another_size_as_training_does(served, reference):
     rng = np.random.default_rng(3)
     pictures = [Image.fromarray(rng.integers(0, 256, (57, 90, 3), dtype=np.uint8)),
-                Image.fromarray(rng.integers(0, 256, (200, 41, 3), dtype=np.uint8)).convert("RGBA")]
+                Image.fromarray(rng.integers(0, 256, (200, 41, 3), dtype=np.uint8)).convert("RGBA"),
+                Image.fromarray(rng.integers(0, 256, (33, 48, 3), dtype=np.uint8)),
+                Image.fromarray(rng.integers(0, 256, (64, 29, 3), dtype=np.uint8)),
+                Image.fromarray(rng.integers(0, 256, (45, 45, 3), dtype=np.uint8))]
     encoded = []
-    for picture, fmt in zip(pictures, ("JPEG", "PNG")):
+    for picture, fmt in zip(pictures, ("JPEG", "PNG", "GIF", "BMP", "WEBP"), strict=True):  # the README's list
         buffer = io.BytesIO()
         picture.save(buffer, format=fmt)
         encoded.append(buffer.getvalue())

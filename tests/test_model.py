@@ -22,7 +22,7 @@ def scaling_output(model):
     return keras.Model(model.input, model.get_layer("pixel_scaling").output)(PIXELS)
 
 
-@pytest.mark.parametrize("backbone", ["xception", "mobilenet", "resnet50"])
+@pytest.mark.parametrize("backbone", ["xception", "mobilenet", "mobilenetv2", "resnet50"])
 def test_model_scales_raw_pixels_as_preprocess_input_does(backbone):
     model, _ = build_model(make_config(backbone=backbone, weights="none", image_size=71), 3)
     module = getattr(keras.applications, get_backbone(backbone).preprocess_module)
@@ -185,3 +185,27 @@ def test_divergence_guard_stops_and_restores_the_best_weights():
     assert all(np.isfinite(w).all() for w in weights)
     if math.isinf(guard.best):  # no clean epoch: back to where the phase started
         assert all(np.array_equal(a, b) for a, b in zip(start, weights))
+
+
+def test_clipping_moved_after_the_replica_sum_is_keras_clipping_on_one_device():
+    """compile_for_phase clips each variable's summed gradient (see clip_after_summing_replicas): on one
+    device that must be exactly Keras's own clipnorm, which the distribute tests compare against."""
+    x = np.random.default_rng(0).normal(size=(12, 4)).astype("float32") * 10
+    y = np.arange(12) % 3
+
+    def trained(compile_it):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        compile_it(model)
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    def keras_sgd(clipnorm):
+        return lambda model: model.compile(keras.optimizers.SGD(0.5, momentum=0.9, clipnorm=clipnorm),
+                                           loss="sparse_categorical_crossentropy")
+
+    ours = trained(lambda model: compile_for_phase(model, lr=0.5, decay=0.0, momentum=0.9, clipnorm=0.01))
+    clipped, unclipped = trained(keras_sgd(0.01)), trained(keras_sgd(None))
+    assert max(np.abs(a - b).max() for a, b in zip(clipped, unclipped)) > 1e-2  # the clip was at work
+    for a, b in zip(ours, clipped, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

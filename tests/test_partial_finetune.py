@@ -10,7 +10,7 @@ from flowerft import partial, train
 from flowerft.config import make_config
 from flowerft.errors import ConfigError, Interrupted
 
-from conftest import make_image_folder, tiny_base
+from conftest import assert_trained, make_image_folder, tiny_base
 from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
 
 
@@ -65,13 +65,15 @@ def assert_same_training(run, reference, tolerance):
 
 
 def test_cached_activations_give_the_weights_of_the_plain_loop(plain, cached):
-    assert not (cached / "cache").exists()
-    assert_same_training(cached, plain, 1e-5)
-    # Blocks 2 and 3 and the head learned; block 1 (below the cut) and every BatchNorm did not.
+    # First, that there is something to compare: the head and the blocks above the cut learned;
+    # block 1 (below the cut) and every BatchNorm did not.
+    assert_trained(plain, base_kernels=("block2_conv/kernel", "block3_conv/kernel"))
     reference, head = weights(plain), weights(plain, "head_best")
     moved = {name for name in reference if np.abs(reference[name] - head[name]).max() > 1e-4}
     assert {"block2_conv/kernel", "block3_conv/kernel", "predictions/kernel"} <= moved
     assert not any(name.startswith("block1_") or "_bn/" in name for name in moved)
+    assert not (cached / "cache").exists()
+    assert_same_training(cached, plain, 1e-5)
 
 
 def test_activations_too_large_for_memory_go_to_a_file_cache(folder, tmp_path, cached, monkeypatch):

@@ -11,22 +11,45 @@ from typer.testing import CliRunner
 from flowerft import data, evaluate, predict, sources
 from flowerft.cli import app
 
+from conftest import make_image_folder, tiny_base_under_head
+
 runner = CliRunner()
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (50, 40, 3), dtype=np.uint8)
 
 
-def test_predicting_a_file_matches_the_model_on_the_evaluation_pipeline(trained_run):
-    config = evaluate.load_run_config(trained_run)
-    splits = sources.load_recorded(trained_run, config)
-    model = evaluate.load_model(evaluate.checkpoint_path(trained_run, "best"))
+@pytest.fixture(scope="module")
+def sensitive_run(tmp_path_factory):
+    """A run whose outputs follow its inputs: conftest's tiny base, trained 2 + 2 epochs.
+
+    trained_run's random Xception maps every image to nearly the same probabilities, so any
+    preprocessing would match its evaluation to 1e-6.
+    """
+    root = tmp_path_factory.mktemp("sensitive")
+    folder = make_image_folder(root / "flowers", per_class=12)
+    with tiny_base_under_head():
+        result = runner.invoke(app, [
+            "train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet", "--image-size", "32",
+            "--batch-size", "4", "--epochs-head", "2", "--epochs-finetune", "2", "--run-dir", str(root / "run"),
+        ])
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_predicting_a_file_matches_the_model_on_the_evaluation_pipeline(sensitive_run):
+    config = evaluate.load_run_config(sensitive_run)
+    splits = sources.load_recorded(sensitive_run, config)
+    model = evaluate.load_model(evaluate.checkpoint_path(sensitive_run, "best"))
     images, _ = next(iter(data.pipeline(splits, "test", config)))
     expected = model.predict_on_batch(images)
+    # The outputs move with the pixels: 20% darker images, or another split's images, change them by far more than 1e-6.
+    assert np.abs(model.predict_on_batch(images * 0.8) - expected).max() > 1e-2
+    assert np.abs(expected - expected[::-1]).max() > 1e-2
     paths = [p for p, _ in splits.files["test"]]
-    predictions, failures = predict.run(paths, run_dir=trained_run, k=3)
+    predictions, failures = predict.run(paths, run_dir=sensitive_run, k=3)
     assert not failures and [p.path for p in predictions] == paths
     names = splits.class_names
-    for prediction, row in zip(predictions, expected):
+    for prediction, row in zip(predictions, expected, strict=True):
         got = np.zeros(len(names))
         for entry in prediction.top_k:
             got[names.index(entry["label"])] = entry["probability"]

@@ -1,6 +1,7 @@
 """The report in a real browser: headless Chromium renders it, every image loads, the numbers show."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,9 +15,20 @@ from typer.testing import CliRunner
 from flowerft.cli import app
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium to render the report in (Debian: apt-get install chromium)"
-)
+NO_CHROMIUM = "no Chromium to render the report in (Debian: apt-get install chromium)"
+
+
+def require_chromium(found: str | None, environ=os.environ) -> None:
+    """Skip without Chromium on a developer's machine; in CI (CI set) its absence fails the test."""
+    if found is None:
+        if environ.get("CI"):
+            pytest.fail(f"CI is set but there is {NO_CHROMIUM}: CI must run the browser test", pytrace=False)
+        pytest.skip(NO_CHROMIUM)
+
+
+@pytest.fixture
+def browser():
+    require_chromium(CHROMIUM)
 # Runs once the page and its images have loaded, and writes what each <img> did into the DOM,
 # which --dump-dom prints. The report itself has no script; only this test's copy does.
 CHECK = ('<script>addEventListener("load", () => document.body.dataset.images = JSON.stringify('
@@ -40,7 +52,7 @@ def images_loaded(page: Path) -> list[bool]:
     return json.loads(found.group(1).replace("&quot;", '"'))
 
 
-def test_report_renders_in_chromium_with_every_image_loaded(trained_run, tmp_path):
+def test_report_renders_in_chromium_with_every_image_loaded(browser, trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     result = CliRunner().invoke(app, ["report", "--run-dir", str(run)])
@@ -62,7 +74,15 @@ def test_report_renders_in_chromium_with_every_image_loaded(trained_run, tmp_pat
     assert (pixels < 80).mean() > 0.005  # dark text and lines are drawn
 
 
-def test_the_image_check_catches_a_broken_image(tmp_path):
+def test_the_image_check_catches_a_broken_image(browser, tmp_path):
     page = tmp_path / "page.html"
     page.write_text('<html><body><img src="data:image/png;base64,iVBORw0KGgo="></body></html>')
     assert images_loaded(page) == [False]
+
+
+def test_without_chromium_ci_fails_and_a_developer_skips():
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser test"):
+        require_chromium(None, {"CI": "true"})
+    with pytest.raises(pytest.skip.Exception):
+        require_chromium(None, {})
+    require_chromium("/usr/bin/chromium", {"CI": "true"})  # found: nothing to say

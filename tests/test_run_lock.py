@@ -46,7 +46,8 @@ def test_a_run_in_use_refuses_a_second_trainer_and_evaluate_names_the_process(tm
             assert f"{run} is being trained by process {proc.pid} on " in message and "wait for it" in message
         assert time.monotonic() - start < 10  # at once: no data was loaded, nothing waited
         assert (run / "config.yaml").is_file()  # --overwrite deleted nothing of the run in use
-        for args in (["evaluate", "--run-dir", str(run)], ["predict", str(tmp_path), "--run-dir", str(run)]):
+        for args in (["evaluate", "--run-dir", str(run)], ["predict", str(tmp_path), "--run-dir", str(run)],
+                     ["export", "--run-dir", str(run)]):
             message = one_line_error(runner.invoke(app, args))
             assert f"is still training (process {proc.pid} on " in message
         assert runlock.holder(run).startswith(f"process {proc.pid} on ")

@@ -9,7 +9,7 @@ from flowerft import data, rundir, sources, train
 from flowerft.config import make_config
 from flowerft.model import build_model
 
-from conftest import make_image_folder
+from conftest import HEAD_KERNEL, MOVED, assert_differ, make_image_folder, named_weights
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,7 @@ def head_after_phase(folder, tmp_path, cached: bool):
     splits = sources.load(config)
     keras.utils.set_random_seed(0)
     model, base = build_model(config, 3)
+    start = named_weights(model)
     run_dir = rundir.make_run_dir(tmp_path / ("cached" if cached else "plain"))
     # The plain loop decodes every epoch; the cached path reads decoded images from memory.
     epoch = data.epoch_variable()
@@ -84,12 +85,16 @@ def head_after_phase(folder, tmp_path, cached: bool):
     unshuffled = data.pipeline(splits, "train", config, cache="memory") if cached else None
     result = train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [],
                               shuffle_epoch=epoch, unshuffled_train_ds=unshuffled)
-    return model, result, run_dir
+    return model, result, run_dir, start
 
 
-def test_head_on_cached_features_matches_the_plain_loop(folder, tmp_path):
-    plain_model, plain, _ = head_after_phase(folder, tmp_path, cached=False)
-    cached_model, cached, run_dir = head_after_phase(folder, tmp_path, cached=True)
+def test_head_on_cached_features_matches_the_plain_loop(folder, tmp_path, tiny_backbone):
+    plain_model, plain, _, start = head_after_phase(folder, tmp_path, cached=False)
+    cached_model, cached, run_dir, cached_start = head_after_phase(folder, tmp_path, cached=True)
+    # The tiny base's features differ from image to image (a random MobileNet's are about 1e-21), so the
+    # head learns from which features go with which label, and it moved well away from its start.
+    assert_differ(start, named_weights(plain_model), [HEAD_KERNEL], margin=MOVED)
+    assert_differ(cached_start, named_weights(cached_model), [HEAD_KERNEL], margin=MOVED)
     for a, b in zip(plain_model.get_layer("predictions").get_weights(), cached_model.get_layer("predictions").get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert cached.epochs_run == plain.epochs_run == 3
@@ -99,7 +104,7 @@ def test_head_on_cached_features_matches_the_plain_loop(folder, tmp_path):
     # The checkpoint holds the full classifier, not the head-only model that was fitted.
     saved = keras.saving.load_model(run_dir / cached.checkpoint, safe_mode=True)
     assert saved.input_shape == (None, 32, 32, 3) and saved.output_shape == (None, 3)
-    assert saved.get_layer("mobilenet_1.00_32") is not None
+    assert saved.get_layer("tiny") is not None
 
 
 def test_mixed_precision_run_keeps_a_float32_output(folder, tmp_path):

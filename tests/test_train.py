@@ -22,7 +22,7 @@ def test_train_writes_every_artifact(trained_run):
     assert any((run / "tensorboard" / "train").iterdir())
     assert not (run / "state").exists()  # resume state is removed once the run has finished
     assert not list(run.rglob(".tmp*")) and not list(run.rglob("*.tmp"))  # no half-written files
-    assert (run.parent / "latest").read_text().strip() == run.name
+    assert (run.parent / "latest").read_text().splitlines()[0] == run.name
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["image_size"] == 71 and config["weights"] == "none" and config["epochs_head"] == 1
@@ -129,7 +129,7 @@ def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "splits.json").exists()
     assert result.metrics["phases"]["finetune"]["epochs_run"] == 1
     # The pointer to the newest run lives in the runs root, naming a run elsewhere by its full path.
-    assert (tmp_path / "runs" / "latest").read_text().strip() == str((tmp_path / "run").resolve())
+    assert (tmp_path / "runs" / "latest").read_text().splitlines()[0] == str((tmp_path / "run").resolve())
 
 
 def test_cosine_warm_up_and_label_smoothing_run_end_to_end(tmp_path):

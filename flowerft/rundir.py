@@ -136,8 +136,12 @@ def is_run(path: Path) -> bool:
     return isinstance(config, dict) and RUN_CONFIG_KEYS <= set(config)
 
 
-def clear_run(path: Path, keep: str) -> None:
-    """Delete everything in a run's folder but `keep` (the lock that makes this process its only writer)."""
+def clear_run(path: Path, keep: str) -> list[str]:
+    """Delete everything in a run's folder but `keep` (the lock that makes this process its only writer).
+
+    Returns what it deleted (folders with a trailing /), sorted, for the user to be told.
+    """
+    removed = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in path.iterdir() if p.name != keep)
     for child in path.iterdir():
         if child.name == keep:
             continue
@@ -145,6 +149,7 @@ def clear_run(path: Path, keep: str) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+    return removed
 
 
 def check_new(path: Path, overwrite: bool) -> None:

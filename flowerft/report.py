@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from flowerft import curves, evaluate, report_page, rundir, runs
-from flowerft.errors import FlowerftError
+from flowerft.errors import EvaluationFailed, FlowerftError
 
 REPORT = "report.html"
 # A grid a person can take in at once; every class's worst example is shown besides.
@@ -58,13 +58,6 @@ class Page:
     failed: str | None = None  # why evaluating for the page failed: the page is written, the command fails
     out: Path | None = None  # where the page and what it draws go (default: the run dir)
 
-
-class EvaluationFailed(FlowerftError):
-    """The page is written, but evaluating the run for it failed (`page` says where it is)."""
-
-    def __init__(self, message: str, page: Path):
-        super().__init__(message)
-        self.page = page
 
 
 def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",

@@ -134,3 +134,13 @@ def test_the_model_card_and_the_report_speak_plainly(trained_run, tmp_path):
     assert "<code>finetune_from</code> null" in html and "<code>augment</code> false" in html
     assert "</code> None</div>" not in html and "</code> False</div>" not in html
     assert not (trained_run / "report.html").exists()  # --output: the run is left as it was
+
+
+@pytest.mark.parametrize("args", [["evaluate"], ["predict", "x.jpg"], ["report"], ["export"],
+                                  ["export", "--format", "onnx"]])
+def test_what_needs_no_tensorflow_is_said_before_importing_it(args, tmp_path):
+    code = ("import sys; from typer.testing import CliRunner; from flowerft.cli import app; "
+            f"r = CliRunner().invoke(app, {args!r}); print(r.exit_code, 'tensorflow' in sys.modules); print(r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
+    assert out.startswith("1 False"), out  # the error came first, TensorFlow (seconds) was never imported
+    assert "no run found" in out or "format must be one of" in out

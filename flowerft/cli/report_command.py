@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowerft.errors import FlowerftError
+from flowerft.errors import EvaluationFailed, FlowerftError
 from flowerft.cli import app
 from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
 
@@ -30,7 +30,7 @@ def report(
 
         with native_stderr_silenced():
             page = reporting.run(run_dir, notify=notify, output=output)
-    except reporting.EvaluationFailed as e:
+    except EvaluationFailed as e:
         console.print(f"Written: {e.page}", highlight=False, soft_wrap=True)
         fail(str(e))
     except FlowerftError as e:

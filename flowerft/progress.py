@@ -123,7 +123,7 @@ class RunClock:
             return None
         if self.phase == "head" and self.epochs.get("finetune"):
             return HEAD_NO_ETA
-        return "ETA after the first steps"
+        return "ETA after a few steps"  # short: it must fit the run row at 80 columns
 
     def summary(self, said: str | None = None) -> str:
         """The run's epochs and ETA; why there is no ETA yet, unless that is `said` already."""

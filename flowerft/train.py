@@ -99,7 +99,8 @@ def fine_tune(
 ) -> PhaseResult:
     """Phase 2: the base (or its top, see flowerft/partial.py) learns too, at a lower rate, with a fresh optimizer.
 
-    BatchNormalization layers stay frozen (see model.unfreeze_base for why). Given
+    BatchNormalization layers stay frozen on pretrained weights (model.unfreeze_base says why)
+    and learn from scratch (model.batchnorm_learns). Given
     `unshuffled_train_ds` and the (train, valid) `sizes`, a partial fine-tune trains its top
     on the frozen part's activations, computed once.
     """
@@ -329,7 +330,9 @@ def _train(
     )
     if splits.skipped:
         shown = ", ".join(splits.skipped[:3]) + (f" and {len(splits.skipped) - 3} more" if len(splits.skipped) > 3 else "")
-        notify(f"skipped {len(splits.skipped)} files that are not readable images: {shown}")
+        many = len(splits.skipped) > 1
+        notify(f"skipped {len(splits.skipped)} file{'s' if many else ''} that {'are' if many else 'is'} not "
+               f"{'readable images' if many else 'a readable image'}: {shown}")
 
     if resume:
         for folder in (run_dir, run_dir / state.STATE):  # a kill inside a write left these (we hold the lock)

@@ -61,7 +61,7 @@ def test_keras_download_chatter_does_not_precede_the_offline_error(monkeypatch, 
 
 
 def test_libjpeg_complaints_about_broken_files_stay_out_of_train(tmp_path):
-    folder = make_image_folder(tmp_path / "flowers", per_class=4)
+    folder = make_image_folder(tmp_path / "flowers", per_class=6)
     good = (folder / "roses" / "roses_000.jpg").read_bytes()
     (folder / "roses" / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (folder / "daisy" / "text.jpg").write_text("not an image")
@@ -144,3 +144,12 @@ def test_what_needs_no_tensorflow_is_said_before_importing_it(args, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
     assert out.startswith("1 False"), out  # the error came first, TensorFlow (seconds) was never imported
     assert "no run found" in out or "format must be one of" in out
+
+
+def test_train_help_reads_at_80_columns():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    lines = result.output.splitlines()
+    assert result.exit_code == 0 and max(map(len, lines)) <= 80
+    assert len(lines) < 100, len(lines)  # Rich's boxed help took 154 lines, descriptions 22 columns wide
+    batch = next(line for line in lines if line.lstrip().startswith("--batch-size"))
+    assert "Images per training step" in batch  # the description starts on the option's own line

@@ -21,7 +21,7 @@ def train(
     data_dir: Annotated[Optional[str], typer.Option(help="Image folder with one subfolder per class, for offline use (default: TFDS tf_flowers).")] = None,
     tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file" + default("weights"))] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, a '_notop' weights file, or none (from scratch: no head phase, BatchNorm learns)" + default("weights"))] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}" + default("backbone"))] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size" + default("image_size"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per training step" + default("batch_size"))] = None,

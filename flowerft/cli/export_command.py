@@ -25,14 +25,15 @@ def export(
     try:
         formats = chosen_formats(fmt)  # what can be checked before TensorFlow's import (seconds)
         check_run_exists(run_dir)
-        console.print(f"exporting {', '.join(formats)}: each is converted, then checked on the test split "
-                      "(a minute or more for TFLite)", highlight=False, soft_wrap=True)
-        import_tensorflow_quietly()
-        from flowerft import export as exporting
+        # A minute or more of converting and checking: a terminal sees what is going on (and keeps
+        # nothing of it afterwards; a log gets the table only).
+        with console.status(f"exporting {', '.join(formats)}: each is converted, then checked on the test split"):
+            import_tensorflow_quietly()
+            from flowerft import export as exporting
 
-        # The TFLite converter and LiteRT write their progress to stderr from C++.
-        with native_stderr_silenced():
-            result = exporting.run(run_dir, checkpoint=checkpoint, fmt=fmt, output=output)
+            # The TFLite converter and LiteRT write their progress to stderr from C++.
+            with native_stderr_silenced():
+                result = exporting.run(run_dir, checkpoint=checkpoint, fmt=fmt, output=output)
     except FlowerftError as e:
         fail(str(e))
     except KeyboardInterrupt:  # every file is renamed into place: nothing is left half-written

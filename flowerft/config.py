@@ -8,6 +8,7 @@ Everything is validated here, before any data is read or any model is built.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import types
@@ -37,6 +38,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         schedule="inverse_time", warmup_epochs=0.0, label_smoothing=0.0, clipnorm=None,
     ),
 }
+
+# Training from scratch (weights: none) changes the plan: a head on random frozen features learns
+# nothing, so the whole network trains from the first epoch (BatchNorm learning, see
+# model.batchnorm_learns), at the head's rate (nothing pretrained to protect). Between the recipe's
+# values and a config file: what the user gives still wins.
+FROM_SCRATCH: dict[str, Any] = dict(epochs_head=0, lr_finetune=0.02)
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,15 @@ MAX_FLOAT_DISAGREEMENT = 0.005
 LATENCY_IMAGES = 100
 
 
+def chosen_formats(fmt: str) -> tuple[str, ...]:
+    """The export formats `--format` names (all of them for "all")."""
+    if fmt == "all":
+        return EXPORT_FORMATS
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)} or all, got {fmt!r}")
+    return (fmt,)
+
+
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
@@ -232,6 +248,9 @@ def _check_values(c: Config) -> None:
     need(c.micro_batch is None or c.micro_batch >= 1, "micro_batch", "must be 1 or more (null: whole batches)")
     need(c.micro_batch is None or c.batch_size % c.micro_batch == 0, "micro_batch",
          f"must divide batch_size ({c.batch_size}) so that every batch splits into equal micro-batches")
+    need(c.micro_batch is None or c.weights != "none", "micro_batch",
+         "matches whole batches only with pretrained weights (with weights none BatchNorm learns from each "
+         "micro-batch); drop it, or use a smaller batch_size")
     need(c.finetune_blocks >= 0, "finetune_blocks", "must be 0 (the whole base) or more")
     need(not (c.finetune_blocks and c.finetune_from), "finetune_from",
          "cannot be given with finetune_blocks; choose one way to say where fine-tuning starts")
@@ -253,6 +272,8 @@ def _check_source(c: Config, need) -> None:
     for key in ("image_column", "label_column"):
         need(c.data_dir is None or getattr(c, key) is None, key, "does not apply to an image folder (its class folders are the labels)")
     need(c.class_order is None or not tfds, "class_order", "applies to folders, CSV labels and Hugging Face text labels; TFDS keeps its dataset's order")
+    need(tfds or c.tfds_data_dir is None, "tfds_data_dir",
+         f"cannot be given with {(given or [''])[0]} (TFDS is not used for that source); give one of them")
 
 
 def _loader():
@@ -276,11 +297,25 @@ def _loader():
     return Loader
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The example configs installed with flowerft (flowerft/configs, the repository's configs/), by name."""
+    folder = Path(__file__).parent / "configs"
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def config_path(name: str | Path) -> Path:
+    """`--config`'s file: a path, or the name of a shipped example (`book`, `offline-mobilenet`)."""
+    path = Path(name)
+    if not path.exists() and path.parent == Path(".") and path.stem in (shipped := shipped_configs()):
+        return shipped[path.stem]
+    return path
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file; plain data only (yaml.safe_load runs no code)."""
     import yaml  # not at the top: `flowerft --help` must stay instant
 
-    path = Path(path)
+    path = config_path(path)
     try:
         data = yaml.load(path.read_text(), Loader=_loader())
     except FileNotFoundError:
@@ -288,8 +323,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read: {e}") from None
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
-        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or (str(e).splitlines()[0] if str(e) else "invalid YAML")
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -302,19 +339,22 @@ def given_values(yaml_path: str | Path | None = None, **overrides: Any) -> dict[
     values: dict[str, Any] = {}
     sources = [read_yaml(yaml_path) if yaml_path else {}, {k: v for k, v in overrides.items() if v is not None}]
     for source in sources:
-        unknown = sorted(set(source) - FIELDS)
+        unknown = sorted(set(source) - FIELDS, key=str)
         if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown config key; known keys are {', '.join(sorted(FIELDS))}")
+            close = difflib.get_close_matches(str(unknown[0]), FIELDS, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known keys are {', '.join(sorted(FIELDS))}"
+            raise ConfigError(f"{unknown[0]}: unknown config key; {hint}")
         values.update(source)
     return values
 
 
 def resolve(given: dict[str, Any]) -> Config:
-    """The Config for what the user set: defaults < its recipe's values < `given`."""
+    """The Config for what the user set: defaults < its recipe's values (< FROM_SCRATCH) < `given`."""
     name = given.get("recipe", DEFAULTS["recipe"])
     if not isinstance(name, str) or name not in RECIPES:
         raise ConfigError(f"recipe: must be one of {', '.join(RECIPES)}, got {name!r}")
-    return Config(**(RECIPES[name] | given))
+    scratch = FROM_SCRATCH if given.get("weights", DEFAULTS["weights"]) == "none" else {}
+    return Config(**(RECIPES[name] | scratch | given))
 
 
 def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config:

@@ -81,12 +81,12 @@ def plot_curves(history: list[dict[str, Any]], path: Path, best: int | None = No
     figures.save_figure(fig, path)
 
 
-def write_curves(run_dir: Path) -> Path | None:
-    """R/curves.png from the run's history; None if no epoch has finished yet."""
+def write_curves(run_dir: Path, folder: Path | None = None) -> Path | None:
+    """R/curves.png (or `folder`/curves.png) from the run's history; None if no epoch has finished yet."""
     history = load_history(run_dir)
     if not history:
         return None
-    path = run_dir / CURVES
+    path = (folder or run_dir) / CURVES
     plot_curves(history, path, best_epoch(run_dir, history), title=run_dir.name)
     return path
 

@@ -23,3 +23,11 @@ class OfflineError(FlowerftError):
 
 class Interrupted(FlowerftError):
     """Training was stopped with Ctrl-C; the message says how to resume."""
+
+
+class EvaluationFailed(FlowerftError):
+    """`report` wrote its page, but evaluating the run for it failed (`page` says where the page is)."""
+
+    def __init__(self, message: str, page):
+        super().__init__(message)
+        self.page = page

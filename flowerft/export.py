@@ -34,7 +34,7 @@ from flowerft import data, model_card, rundir, source_record, sources
 from flowerft.artifacts import (BYTES_INPUT, BYTES_SIGNATURE, IMAGES_INPUT, IMAGES_SIGNATURE, LABELS_FILE,
                                 SavedModelPredictor, TFLitePredictor)
 from flowerft.config import (EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, REPRESENTATIVE_IMAGES,
-                             Config)
+                             Config, chosen_formats)
 from flowerft.errors import FlowerftError
 from flowerft.evaluate import checkpoint_path, load_model, load_run_config
 from flowerft.model import all_layers, build_model
@@ -53,14 +53,6 @@ class Export:
     folder: Path
     written: list[Path]
     problem: str | None = None  # a float format disagreed with the .keras model: what, and what to do
-
-
-def chosen_formats(fmt: str) -> tuple[str, ...]:
-    if fmt == "all":
-        return EXPORT_FORMATS
-    if fmt not in EXPORT_FORMATS:
-        raise FlowerftError(f"format must be one of {', '.join(EXPORT_FORMATS)} or all, got {fmt!r}")
-    return (fmt,)
 
 
 def prepare_output(folder: Path, given: bool) -> None:

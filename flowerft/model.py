@@ -10,6 +10,8 @@ Keras's safe mode.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 import warnings
 from pathlib import Path
@@ -25,6 +27,8 @@ from flowerft.errors import ConfigError, OfflineError
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype="float32")
 # Long enough for a slow but working network, short enough that offline fails fast.
 DOWNLOAD_TIMEOUT_SECONDS = 15.0
+# The moving statistics' momentum of BatchNorm trained from scratch (see unfreeze_base).
+SCRATCH_BATCHNORM_MOMENTUM = 0.9
 
 
 def pixel_scaling(scaling: str) -> keras.layers.Layer | None:
@@ -78,10 +82,13 @@ def make_base(backbone: Backbone, image_size: int, weights: str) -> keras.Model:
 def _download_imagenet_base(constructor, shape, name: str) -> keras.Model:
     # Keras downloads into ~/.keras/models once and reuses the file afterwards. urllib has no
     # timeout of its own, so a dead network would hang: bound every socket for the download.
+    # Keras prints "Downloading data from https://..." on stdout first: offline, that line came
+    # before our error and told the user nothing they could act on.
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
     try:
-        return constructor(include_top=False, weights="imagenet", input_shape=shape)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return constructor(include_top=False, weights="imagenet", input_shape=shape)
     except Exception as e:
         if "fetch failure" not in str(e) and not isinstance(e, OSError):
             raise
@@ -121,8 +128,20 @@ def freeze_base(base: keras.Model) -> None:
     base.trainable = False
 
 
-def unfreeze_base(base: keras.Model) -> None:
-    """Make the base trainable, except BatchNormalization, which must stay in inference mode.
+def batchnorm_learns(config: Config) -> bool:
+    """The BatchNorm rule, chosen from the weights: frozen on pretrained ones, learning from scratch.
+
+    Pretrained statistics are worth keeping (unfreeze_base says why). Random weights have none:
+    their moving mean and variance are the initial 0 and 1, and kept frozen they shrink the
+    signal layer after layer (a random Xception's pooled features have a mean |x| of 6e-6), so
+    nothing can learn. Trained from scratch, BatchNorm must learn its statistics like any network's.
+    """
+    return config.weights == "none"
+
+
+def unfreeze_base(base: keras.Model, learn_batchnorm: bool = False) -> None:
+    """Make the base trainable, except BatchNormalization, which must stay in inference mode
+    (unless `learn_batchnorm`: a base trained from scratch, see batchnorm_learns).
 
     Fine-tuning batches are small and differ from ImageNet: letting BatchNormalization update
     its moving mean and variance wrecks the features the head was trained on. In Keras 3,
@@ -134,7 +153,12 @@ def unfreeze_base(base: keras.Model) -> None:
     # so `base.trainable = True` alone would not reach layers that a nested model set earlier.
     base.trainable = True
     for layer in all_layers(base):
-        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+        batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = learn_batchnorm or not batchnorm
+        if batchnorm and learn_batchnorm:
+            # Keras's 0.99 needs some 500 steps to forget the initial 0/1 statistics, and validation
+            # and the saved model use them: PyTorch's 0.9 catches up within a small data set's epoch.
+            layer.momentum = SCRATCH_BATCHNORM_MOMENTUM
 
 
 def learning_rate_schedule(

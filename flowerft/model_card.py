@@ -26,6 +26,10 @@ SCALING = {
 }
 
 
+
+def epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
 def size_text(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
 
@@ -111,9 +115,9 @@ this; for the other inputs do it before calling the model.
 
 - Data: {data}; {_split_sizes(metrics, config)}. The int8 file was calibrated on {report['representative_images'] or 'no'} training images.
 - Model: {config.backbone} (weights: `{config.weights}`), global average pooling, a softmax layer; {size} px.
-- Recipe `{config.recipe}`: head {config.epochs_head} epochs at lr {config.lr_head:g}, then fine-tuning
-  {config.epochs_finetune} epochs at lr {config.lr_finetune:g} (SGD, momentum {config.momentum:g}, schedule
-  {config.schedule}, clipnorm {config.clipnorm or 'off'}), batch {config.batch_size}, BatchNorm kept in inference mode.
+- Recipe `{config.recipe}`: head {epochs(config.epochs_head)} at lr {config.lr_head:g}, then fine-tuning
+  {epochs(config.epochs_finetune)} at lr {config.lr_finetune:g} (SGD, momentum {config.momentum:g}, schedule
+  {config.schedule}, clipnorm {config.clipnorm or 'off'}), batch {config.batch_size}, BatchNorm {'learning from scratch' if config.weights == 'none' else 'kept in inference mode'}.
 - Checkpoint: {metrics.get('best_phase') or '-'} phase, best validation accuracy {f'{best:.1%}' if best is not None else '-'}.
 
 ## Test accuracy per format

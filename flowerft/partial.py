@@ -28,7 +28,7 @@ import tensorflow as tf
 from flowerft import data, distribute
 from flowerft.config import Config
 from flowerft.errors import ConfigError
-from flowerft.model import all_layers, unfreeze_base
+from flowerft.model import all_layers, batchnorm_learns, unfreeze_base
 
 # A layer's block: Xception's block13_..., EfficientNet's block6a_..., MobileNetV2's block_12_...,
 # ResNet50's conv4_block3_... (MobileNet v1 names no blocks: cut it with finetune_from).
@@ -147,7 +147,7 @@ def nbytes_fit_in_memory(nbytes: int, cache: str) -> bool:
 def unfreeze(base: keras.Model, config: Config) -> tuple[keras.Model, keras.Model] | None:
     """Unfreeze the base for fine-tuning: its top part, (lower, upper), or all of it (None)."""
     if not is_partial(config):
-        unfreeze_base(base)
+        unfreeze_base(base, learn_batchnorm=batchnorm_learns(config))
         return None
     lower, upper = split_base(base, config)
     unfreeze_top(base, upper)

@@ -18,12 +18,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Column
 from rich.text import Text
 
+from flowerft.micro_batches import accumulation_steps
+
 # Short names: the full history, with Keras's names and every digit, is in the run's CSVs.
 SHORT = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
 # In the order they give way when space is short: a finished epoch leads with its validation
 # accuracy, the figure a person watches for.
 RUNNING_ORDER = ("loss", "accuracy")
 FINISHED_ORDER = ("val_accuracy", "val_loss", "accuracy", "loss")
+# Why the run row has no ETA during the head phase: in full once in a log, in short on the row.
+HEAD_NO_ETA = "ETA once fine-tuning has run a few steps: the head phase's speed says nothing of it"
+HEAD_NO_ETA_SHORT = "ETA after head phase"  # fits the row at 80 columns
 DESCRIPTION_WIDTH = 14  # "finetune 10/10"
 BAR_WIDTH = 20
 TIME_WIDTH = 7  # h:mm:ss
@@ -117,12 +122,16 @@ class RunClock:
         if self.eta() is not None:
             return None
         if self.phase == "head" and self.epochs.get("finetune"):
-            return "ETA once fine-tuning has run a few steps: the head phase's speed says nothing of it"
-        return "ETA after the first steps"
+            return HEAD_NO_ETA
+        return "ETA after a few steps"  # short: it must fit the run row at 80 columns
 
-    def summary(self) -> str:
+    def summary(self, said: str | None = None) -> str:
+        """The run's epochs and ETA; why there is no ETA yet, unless that is `said` already."""
         eta = self.eta()
-        return f"run {self.epochs_done}/{self.total} epochs, " + (f"ETA {clock(eta)}" if eta is not None else self.waiting())
+        if eta is not None:
+            return f"run {self.epochs_done}/{self.total} epochs, ETA {clock(eta)}"
+        waiting = self.waiting()
+        return f"run {self.epochs_done}/{self.total} epochs" + ("" if waiting == said else f", {waiting}")
 
 
 class FittedMetricsColumn(ProgressColumn):
@@ -186,12 +195,15 @@ class Display:
     def __init__(self, console: Console):
         self.console = console
         self.clock = RunClock()
+        self.said_waiting: str | None = None  # a log says why there is no ETA yet once, not every epoch
         self.progress = make_progress(console) if console.is_terminal else None
         if self.progress is not None:
             self.run_task = self.progress.add_task("run", total=None, eta=None, note="")
 
     def notify(self, message: str) -> None:
-        (self.progress.console if self.progress else self.console).print(message, highlight=False, soft_wrap=True)
+        # A terminal gets the line wrapped between words (its own wrap would cut them); a log keeps it whole.
+        console = self.progress.console if self.progress else self.console
+        console.print(message, highlight=False, markup=False, soft_wrap=not console.is_terminal)
 
     def callbacks(self, phase: str, config) -> list[keras.callbacks.Callback]:
         """For train.run; `config` is the run's own (a resumed run's, not the command line's)."""
@@ -199,7 +211,9 @@ class Display:
         if self.progress is not None:  # "finetune 10/100" must fit whole
             widest = max(len(f"{p} {n}/{n}") for p, n in self.clock.epochs.items())
             self.progress.columns[0].get_table_column().width = max(DESCRIPTION_WIDTH, widest)
-        return [EpochProgress(self, phase)]
+        # Fine-tuning in micro-batches: Keras counts micro-batches, a person counts batches.
+        per_batch = accumulation_steps(config.batch_size, config.micro_batch) if phase == "finetune" else 1
+        return [EpochProgress(self, phase, per_batch)]
 
     def add_epoch_row(self, description: str, steps: int):
         """A row for a new epoch; the oldest finished rows give way so the display fits the screen."""
@@ -210,8 +224,9 @@ class Display:
 
     def update_run(self) -> None:
         if self.progress is not None:
+            note = self.clock.waiting() or ""
             self.progress.update(self.run_task, total=self.clock.total, completed=self.clock.epochs_done,
-                                 eta=self.clock.eta(), note=self.clock.waiting() or "")
+                                 eta=self.clock.eta(), note=HEAD_NO_ETA_SHORT if note == HEAD_NO_ETA else note)
 
     def line(self, text: str) -> None:
         """A finished epoch, when the output is not a terminal: plain, whole, at once."""
@@ -236,10 +251,11 @@ class EpochProgress(keras.callbacks.Callback):
     shows `finetune 3/3` for the third fine-tuning epoch, not `1/1`.
     """
 
-    def __init__(self, display: Display, phase: str):
+    def __init__(self, display: Display, phase: str, per_batch: int = 1):
         super().__init__()
         self.display = display
         self.phase = phase
+        self.per_batch = per_batch  # Keras's steps per batch (micro-batches, flowerft/micro_batches.py)
         self.task = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -247,7 +263,7 @@ class EpochProgress(keras.callbacks.Callback):
         planned = self.display.clock.epochs[self.phase]
         self.number = epoch - first + 1
         self.description = f"{self.phase} {self.number}/{planned}"
-        self.steps = self.params.get("steps") or 0
+        self.steps = (self.params.get("steps") or 0) // self.per_batch
         self.display.clock.begin_epoch(self.phase, self.number - 1, self.steps)
         self.started, self.done = time.monotonic(), 0
         if self.display.progress is not None:
@@ -255,6 +271,8 @@ class EpochProgress(keras.callbacks.Callback):
             self.display.update_run()
 
     def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.per_batch:
+            return  # a micro-batch: the batch is not done yet
         self.done += 1
         self.display.clock.end_step()
         if self.task is not None:
@@ -268,7 +286,9 @@ class EpochProgress(keras.callbacks.Callback):
             self.display.progress.stop_task(self.task)  # an epoch stopped early (divergence) stops its clock too
             self.display.update_run()
         else:
+            summary = self.display.clock.summary(said=self.display.said_waiting)
+            self.display.said_waiting = self.display.clock.waiting()
             self.display.line(
                 f"{self.description}  {self.done}/{self.steps} steps  {clock(time.monotonic() - self.started)}  "
-                + "  ".join(metric_pairs(logs or {}, FINISHED_ORDER)) + f"  | {self.display.clock.summary()}"
+                + "  ".join(metric_pairs(logs or {}, FINISHED_ORDER)) + f"  | {summary}"
             )

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from flowerft import curves, evaluate, report_page, rundir, runs, source_record
-from flowerft.errors import FlowerftError
+from flowerft.errors import EvaluationFailed, FlowerftError
 
 REPORT = "report.html"
 # A grid a person can take in at once; every class's worst example is shown besides.
@@ -56,17 +56,31 @@ class Page:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the report itself did (re-evaluated, ...)
     split: str = "test"  # the held-out split shown: valid for a run whose data came without a test split
+    failed: str | None = None  # why evaluating for the page failed: the page is written, the command fails
+    out: Path | None = None  # where the page and what it draws go (default: the run dir)
+
 
 
 def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",
-        notify: Callable[[str], None] = lambda message: None) -> Path:
-    """Write R/report.html (and R/curves.png) for a run, evaluating it first when needed."""
+        notify: Callable[[str], None] = lambda message: None, output: str | Path | None = None) -> Path:
+    """Write R/report.html (and R/curves.png) for a run, evaluating it first when needed.
+
+    With `output`, the page, the curves and any evaluation it runs go into that folder instead
+    (a run that is shared or read-only).
+    """
     path = rundir.find_run(run_dir, runs_root)
     if not rundir.is_run(path):
         raise FlowerftError(f"{path} is not a flowerft run (it has no config.yaml from `flowerft train`); give --run-dir of a run")
-    if not os.access(path, os.W_OK | os.X_OK):  # before evaluating: the page could not be saved
-        raise FlowerftError(f"cannot write {path / REPORT}: the run dir is not writable; copy it somewhere writable")
-    page = Page(path, rundir.read_yaml(path / "config.yaml"), runs.describe(path), _read(path / "metrics.json"))
+    out = path if output is None else Path(output)
+    if output is None and not os.access(path, os.W_OK | os.X_OK):  # before evaluating: the page could not be saved
+        raise FlowerftError(f"cannot write {path / REPORT}: the run dir is not writable; give --output DIR "
+                            "(or copy the run somewhere writable)")
+    if output is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FlowerftError(f"cannot write to --output {out}: {e.strerror or e}; give another folder") from None
+    page = Page(path, rundir.read_yaml(path / "config.yaml"), runs.describe(path), _read(path / "metrics.json"), out=out)
     page.class_names = _read(path / "class_names.json") or []
     page.sizes = (page.metrics or {}).get("split_sizes") or _sizes_from_splits(path)
     if not source_record.has_test(path):
@@ -84,10 +98,12 @@ def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",
                              "left out of every split, not readable as images: "
                              + ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     try:
-        rundir.write_atomic(path / REPORT, report_page.render(page))
+        rundir.write_atomic(out / REPORT, report_page.render(page))
     except OSError as e:
-        raise FlowerftError(f"cannot write {path / REPORT}: {e.strerror or e}; copy the run dir somewhere writable") from None
-    return path / REPORT
+        raise FlowerftError(f"cannot write {out / REPORT}: {e.strerror or e}; give --output DIR") from None
+    if page.failed:
+        raise EvaluationFailed(f"the evaluation failed (the page says so too): {page.failed}", out / REPORT)
+    return out / REPORT
 
 
 def _read(path: Path):
@@ -109,7 +125,7 @@ def data_uri(path: Path) -> str:
 
 def _curves(page: Page, notify) -> str:
     try:
-        written = curves.write_curves(page.run_dir)
+        written = curves.write_curves(page.run_dir, page.out)
     except (OSError, ValueError, KeyError) as e:
         raise Missing(f"the history could not be plotted ({type(e).__name__}: {e})") from None
     if written is None:
@@ -128,14 +144,15 @@ def _checkpoint_file(page: Page) -> Path:
 def _evaluation(page: Page, notify) -> dict[str, Any]:
     """evaluation.json, evaluating first when it is missing, older than the checkpoint, or lacks per-image predictions."""
     checkpoint = _checkpoint_file(page)
-    evaluation_path, matrix_path, predictions_path = (page.run_dir / n for n in evaluate.output_names(page.split, "best"))
+    evaluation_path, matrix_path, predictions_path = (page.out / n for n in evaluate.output_names(page.split, "best"))
     current = (evaluation_path.is_file() and predictions_path.is_file() and checkpoint.is_file()
                and evaluation_path.stat().st_mtime >= checkpoint.stat().st_mtime)
     if not current:
         notify(f"evaluating {page.run_dir} on its {page.split} split first")
         try:
-            result = evaluate.run(page.run_dir, split=page.split)
+            result = evaluate.run(page.run_dir, split=page.split, output=None if page.out == page.run_dir else page.out)
         except FlowerftError as e:
+            page.failed = str(e)
             if not evaluation_path.is_file():
                 raise Missing(f"could not evaluate: {e}") from None
             page.warnings.append(f"the evaluation shown is older than the checkpoint; evaluating again failed: {e}")
@@ -154,7 +171,7 @@ def _mistakes(page: Page, notify) -> dict[str, list[Example]]:
     """The most confident wrong predictions, and per class the image the model gave its class the least."""
     if isinstance(page.parts.get("evaluation"), Missing):
         raise Missing("needs the evaluation, which is missing (see above)")
-    predictions = _read(page.run_dir / evaluate.output_names(page.split, "best")[2])
+    predictions = _read(page.out / evaluate.output_names(page.split, "best")[2])
     if not isinstance(predictions, dict):
         raise Missing("predictions.json is missing: run `flowerft evaluate` on this run")
     names = page.parts["evaluation"]["class_names"]

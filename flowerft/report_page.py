@@ -137,7 +137,7 @@ def _run_part(page: Page) -> str:
              for name, p in phases.items()])
     else:
         html += _missing(f"per-phase results: no metrics.json (the run is {page.row.status})")
-    options = "".join(f"<div><code>{escape(k)}</code> {escape(str(v))}</div>" for k, v in c.items())
+    options = "".join(f"<div><code>{escape(k)}</code> {escape(_yaml_value(v))}</div>" for k, v in c.items())
     return html + f'<h3>Every option (config.yaml)</h3><div class="options">{options}</div>'
 
 
@@ -185,6 +185,13 @@ def _figure(x: Example, data_dir: str | None) -> str:
 def _within(path: str, folder: str | None) -> str:
     """A test image's path inside the data folder (shown above), which is all that tells them apart."""
     return path[len(folder):].lstrip("/") if folder and path.startswith(folder.rstrip("/") + "/") else path
+
+
+def _yaml_value(value) -> str:
+    """An option as config.yaml spells it (null, false, 0.001), not as Python prints it (None, False)."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
 
 
 def _mistakes_part(part, data_dir: str | None) -> str:

@@ -36,6 +36,8 @@ import yaml
 from flowerft.errors import FlowerftError
 
 LATEST = "latest"
+# The second line of every runs/latest flowerft writes: how it knows the file for its own.
+LATEST_MARKER = "# flowerft: the newest run (written by `flowerft train`; the line above names it)"
 LOCK = "train.lock"  # held by the process training the run: flowerft/runlock.py
 CHECKPOINTS = "checkpoints"
 
@@ -135,8 +137,12 @@ def is_run(path: Path) -> bool:
     return isinstance(config, dict) and RUN_CONFIG_KEYS <= set(config)
 
 
-def clear_run(path: Path, keep: str) -> None:
-    """Delete everything in a run's folder but `keep` (the lock that makes this process its only writer)."""
+def clear_run(path: Path, keep: str) -> list[str]:
+    """Delete everything in a run's folder but `keep` (the lock that makes this process its only writer).
+
+    Returns what it deleted (folders with a trailing /), sorted, for the user to be told.
+    """
+    removed = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in path.iterdir() if p.name != keep)
     for child in path.iterdir():
         if child.name == keep:
             continue
@@ -144,6 +150,7 @@ def clear_run(path: Path, keep: str) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+    return removed
 
 
 def check_new(path: Path, overwrite: bool) -> None:
@@ -186,15 +193,24 @@ def check_latest(runs_root: str | Path) -> None:
 
 
 def _is_pointer(pointer: Path) -> bool:
+    """flowerft's own pointer: its run on the first line, LATEST_MARKER on the second.
+
+    A one-line file (what flowerft wrote before the marker) counts only if it names an existing
+    run: a user's one-line note names no run, and guessing would overwrite it.
+    """
     try:
         lines = pointer.read_text().splitlines() if pointer.is_file() else []
     except (OSError, UnicodeDecodeError):
         return False
-    if len(lines) != 1 or not lines[0].strip():
-        return False
-    target = pointer.parent / lines[0].strip()
-    # A run, a run since deleted, or one starting now (its folder holds only the lock so far).
-    return is_run(target) or not target.exists() or (target.is_dir() and {p.name for p in target.iterdir()} <= {LOCK})
+    if len(lines) == 2 and lines[0].strip() and lines[1] == LATEST_MARKER:
+        return True
+    return len(lines) == 1 and bool(lines[0].strip()) and is_run(pointer.parent / lines[0].strip())
+
+
+def latest_target(pointer: Path) -> str:
+    """The run a runs/latest names (its first line)."""
+    lines = pointer.read_text().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def set_latest(run_dir: Path, runs_root: str | Path) -> None:
@@ -207,7 +223,7 @@ def set_latest(run_dir: Path, runs_root: str | Path) -> None:
     check_latest(root)
     inside = run_dir.resolve().parent == root.resolve()
     try:
-        write_atomic(root / LATEST, (run_dir.name if inside else str(run_dir.resolve())) + "\n")
+        write_atomic(root / LATEST, (run_dir.name if inside else str(run_dir.resolve())) + "\n" + LATEST_MARKER + "\n")
     except OSError as e:
         raise FlowerftError(f"cannot write {root / LATEST}: {e.strerror or e}; give --run-dir to later commands") from None
 
@@ -224,7 +240,7 @@ def find_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> Path
     pointer = Path(runs_root) / LATEST
     if not pointer.is_file():
         raise FlowerftError(f"no run found ({pointer} is missing); run `flowerft train` first or give --run-dir")
-    path = Path(runs_root) / pointer.read_text().strip()
+    path = Path(runs_root) / latest_target(pointer)
     if not path.is_dir():
         raise FlowerftError(f"{pointer} names {path}, which does not exist; give --run-dir")
     return path

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flowerft.errors import FlowerftError
-from flowerft.rundir import LOCK
+from flowerft.rundir import LOCK, is_run
 
 
 class RunInUse(FlowerftError):
@@ -45,13 +45,15 @@ def hold(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir`'s lock for the block, or raise RunInUse naming the process that has it.
 
     Creates the folder if needed, and removes it again if the block leaves nothing but the
-    lock in folders it created (a run refused before it began leaves nothing behind).
+    lock in folders it created (a run refused before it began leaves nothing behind); in a
+    folder that was there already, a lock file it made goes again unless the folder became a run.
     """
     run_dir = Path(run_dir)
     created = [run_dir, *run_dir.parents]  # the folders this call makes, innermost first
     created = created[: next(i for i, folder in enumerate(created) if folder.exists() or folder == folder.parent)]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        made_lock = not (run_dir / LOCK).exists()
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
         raise FlowerftError(f"cannot write to run dir {run_dir}: {e.strerror or e}; choose another --run-dir") from None
@@ -75,5 +77,10 @@ def hold(run_dir: Path) -> Iterator[None]:
                 for folder in created:
                     with contextlib.suppress(OSError):  # not empty: something else lives there now
                         folder.rmdir()
+            elif made_lock and not is_run(run_dir):
+                # A folder that was there before and did not become a run (a refused --run-dir)
+                # gets back as it was. Unlinked while still held: a second trainer that opened it
+                # meanwhile fails to lock it, and one that comes later creates its own.
+                (run_dir / LOCK).unlink(missing_ok=True)
     finally:
         os.close(fd)  # releases the lock

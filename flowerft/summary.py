@@ -80,8 +80,10 @@ def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str, c
     warnings = []
     for p in (head, finetune):
         if p.stopped_because:
+            kept = ("its best weights were restored" if p.best_epoch is not None else
+                    "no epoch of it finished cleanly, so it kept the weights it started from")
             warnings.append(
-                f"{p.phase} phase stopped early: {p.stopped_because}; its best weights were restored. "
+                f"{p.phase} phase stopped early: {p.stopped_because}; {kept}. "
                 f"To train it stably: {remedies(p.phase, config)}"
             )
     if head.best_val_accuracy is not None and finetune.last_val_accuracy is not None \

@@ -23,7 +23,7 @@ from flowerft import curves, data, distribute, micro_batches, partial, precision
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
-from flowerft.model import build_model, compile_for_phase, freeze_base
+from flowerft.model import batchnorm_learns, build_model, compile_for_phase, freeze_base
 from flowerft.state import Progress
 from flowerft.summary import PhaseResult, summarize
 
@@ -99,7 +99,8 @@ def fine_tune(
 ) -> PhaseResult:
     """Phase 2: the base (or its top, see flowerft/partial.py) learns too, at a lower rate, with a fresh optimizer.
 
-    BatchNormalization layers stay frozen (see model.unfreeze_base for why). Given
+    BatchNormalization layers stay frozen on pretrained weights (model.unfreeze_base says why)
+    and learn from scratch (model.batchnorm_learns). Given
     `unshuffled_train_ds` and the (train, valid) `sizes`, a partial fine-tune trains its top
     on the frozen part's activations, computed once.
     """
@@ -265,12 +266,12 @@ def run(
 
 def _run_in(run_dir, config, strategy, callbacks, notify, *, resume, overwrite, given) -> RunResult:
     """`run` once the run dir and the strategy are known: one process at a time in `run_dir`."""
+    if resume and (run_dir / "metrics.json").is_file() and not os.access(run_dir, os.W_OK):
+        return _finished(run_dir, config, given, notify)  # read-only and finished: nothing to write, nor to lock
     rundir.check_writable(run_dir)
     with runlock.hold(run_dir):
         if resume and (run_dir / "metrics.json").is_file():
-            resumed_config(run_dir, config, given)  # the same command, not another run's
-            notify(f"{run_dir} finished training already; nothing to resume")
-            return RunResult(run_dir, rundir.read_json(run_dir / "metrics.json"), finished_before=True)
+            return _finished(run_dir, config, given, notify)
         train_run = dict(callbacks=callbacks, notify=notify, strategy=strategy)
         if resume and state.has_initial(run_dir):
             config = resumed_config(run_dir, config, given)
@@ -278,6 +279,12 @@ def _run_in(run_dir, config, strategy, callbacks, notify, *, resume, overwrite, 
         if resume:
             overwrite = _nothing_trained_yet(run_dir, notify)
         return _train(run_dir, config, **train_run, resume=False, overwrite=overwrite)
+
+
+def _finished(run_dir: Path, config: Config, given, notify: Callable[[str], None]) -> RunResult:
+    resumed_config(run_dir, config, given)  # the same command, not another run's
+    notify(f"{run_dir} finished training already; nothing to resume")
+    return RunResult(run_dir, rundir.read_json(run_dir / "metrics.json"), finished_before=True)
 
 
 def _nothing_trained_yet(run_dir: Path, notify: Callable[[str], None]) -> bool:
@@ -325,7 +332,9 @@ def _train(
         notify(note)
     if splits.skipped:
         shown = ", ".join(splits.skipped[:3]) + (f" and {len(splits.skipped) - 3} more" if len(splits.skipped) > 3 else "")
-        notify(f"skipped {len(splits.skipped)} files that are not readable images: {shown}")
+        many = len(splits.skipped) > 1
+        notify(f"skipped {len(splits.skipped)} file{'s' if many else ''} that {'are' if many else 'is'} not "
+               f"{'readable images' if many else 'a readable image'}: {shown}")
 
     if resume:
         for folder in (run_dir, run_dir / state.STATE):  # a kill inside a write left these (we hold the lock)
@@ -334,14 +343,15 @@ def _train(
         where = f"{progress.phase} epoch {progress.epochs_done + 1}" if progress else "the start"
         notify(f"resuming {run_dir} from {where}")
     else:
-        start_run_dir(run_dir, config, splits, model, overwrite)
+        if removed := start_run_dir(run_dir, config, splits, model, overwrite):
+            shown = ", ".join(removed[:6]) + (f" and {len(removed) - 6} more" if len(removed) > 6 else "")
+            notify(f"--overwrite: removed the earlier run in {run_dir} ({shown})")
         notify(f"run dir: {run_dir}")
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
-    notify(
-        f"training on {devices(strategy)}: {precision.policy(config)}, cache {cache}, {config.backbone} at "
-        f"{config.image_size} px, batch {config.batch_size}, recipe {config.recipe}"
-    )
+    notify(start_line(config, devices(strategy), cache))
+    if slow := precision.slow_warning(config):
+        notify(slow)
     cache_dir = run_dir / "cache"
     # A file cache that a killed run left half-written is locked; it would fail the pipeline.
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -398,10 +408,28 @@ def _train(
     return RunResult(run_dir, metrics)
 
 
-def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: keras.Model, overwrite: bool) -> None:
-    """A new run dir with everything `evaluate`, `predict` and `--resume` need."""
+def start_line(config: Config, where: str, cache: str) -> str:
+    """What this run trains on and how, in one line: every choice that changes its result or speed."""
+    batch = f"batch {config.batch_size}" + (f" in micro-batches of {config.micro_batch}" if config.micro_batch else "")
+    more = [f"recipe {config.recipe}"] + (["augmented"] if config.augment else [])
+    if partial.is_partial(config):
+        more.append(f"fine-tuning the last {config.finetune_blocks} blocks" if config.finetune_blocks
+                    else f"fine-tuning from layer {config.finetune_from}")
+    if not batchnorm_learns(config):
+        rule = f"weights {Path(config.weights).name}: BatchNorm frozen (pretrained statistics)"
+    elif config.epochs_head:
+        rule = "weights none: BatchNorm learns while fine-tuning (a head on random frozen features learns little)"
+    else:
+        rule = "weights none: from scratch, the whole network and its BatchNorm learn from the first epoch"
+    return (f"training on {where}: {precision.policy(config)}, cache {cache}, {config.backbone} at "
+            f"{config.image_size} px, {batch}, {', '.join(more)}; {rule}")
+
+
+def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: keras.Model, overwrite: bool) -> list[str]:
+    """A new run dir with everything `evaluate`, `predict` and `--resume` need; returns what --overwrite removed."""
+    removed = []
     if overwrite and run_dir.exists():
-        rundir.clear_run(run_dir, keep=runlock.LOCK)  # check_new made sure it is a flowerft run
+        removed = rundir.clear_run(run_dir, keep=runlock.LOCK)  # check_new made sure it is a flowerft run
     rundir.make_run_dir(run_dir)
     rundir.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})  # marks a run: rundir.is_run
     rundir.write_json(run_dir / "class_names.json", splits.class_names)
@@ -413,3 +441,4 @@ def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: 
         rundir.write_json(run_dir / "skipped_files.json", splits.skipped)
     state.save_initial(model, run_dir)
     rundir.set_latest(run_dir, config.runs_root)  # now, so that `--resume` finds a run that dies
+    return removed

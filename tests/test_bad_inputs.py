@@ -87,6 +87,10 @@ CASES = {
     "unwritable run dir": (
         lambda t, r: [*TRAIN, "--run-dir", str((t / "f").write_text("x") and t / "f" / "run")], "cannot write to run dir"),
     "resume without a run": (lambda t, r: [*TRAIN, "--resume"], "no run found (runs/latest is missing)"),
+    "resume and overwrite at once": (lambda t, r: [*TRAIN, "--resume", "--overwrite"],
+                                     "--resume continues the run in --run-dir and --overwrite replaces it"),
+    "an image folder and a TFDS folder at once": (
+        lambda t, r: [*TRAIN, "--data-dir", str(t), "--tfds-data-dir", str(t)], "tfds_data_dir: cannot be given with data_dir"),
     "resume a run that lost its state": (
         lambda t, r: [*TRAIN, "--resume", "--run-dir", str(shutil.copytree(r, t / "lost", ignore=shutil.ignore_patterns(
             "metrics.json")))], "holds no saved training state to resume"),

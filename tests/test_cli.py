@@ -45,7 +45,7 @@ def test_flags_override_the_yaml_file(captured, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs_head: 2\nlr_head: 0.05\nclipnorm: 0.5\n")
     result = runner.invoke(app, [
-        "train", "--config", str(path), "--epochs-head", "3", "--epochs-finetune", "0", "--data-dir", "d",
+        "train", "--config", str(path), "--epochs-head", "3", "--epochs-finetune", "0",
         "--weights", "none", "--backbone", "mobilenet", "--image-size", "96", "--batch-size", "16",
         "--lr-finetune", "0.001", "--seed", "7", "--run-dir", "r", "--tfds-data-dir", "t",
         "--mixed-precision", "--jit-compile",
@@ -53,7 +53,7 @@ def test_flags_override_the_yaml_file(captured, tmp_path):
     assert result.exit_code == 0, result.output
     c = captured["config"]
     assert (c.epochs_head, c.lr_head, c.clipnorm, c.epochs_finetune) == (3, 0.05, 0.5, 0)
-    assert (c.data_dir, c.weights, c.backbone, c.image_size, c.batch_size) == ("d", "none", "mobilenet", 96, 16)
+    assert (c.data_dir, c.weights, c.backbone, c.image_size, c.batch_size) == (None, "none", "mobilenet", 96, 16)
     assert (c.lr_finetune, c.seed, c.run_dir, c.tfds_data_dir) == (0.001, 7, "r", "t")
     assert c.mixed_precision and c.jit_compile
 

@@ -19,8 +19,11 @@ from conftest import assert_trained, make_image_folder
 def config(folder, run, **values):
     # A fast per-step decay and a tight clipnorm: a schedule counting micro-batches, or clipping
     # each micro-batch instead of the batch's average, would change the weights. 18 training
-    # images in batches of 4 end each epoch with a short batch of 2.
-    return make_config(data_dir=str(folder), weights="none", backbone="mobilenet", image_size=32, batch_size=4,
+    # images in batches of 4 end each epoch with a short batch of 2. A weights file stands for
+    # pretrained weights (BatchNorm frozen, which micro-batches need; tiny_backbone builds the base).
+    pretrained = folder.parent / "pretrained.weights.h5"
+    pretrained.touch()
+    return make_config(data_dir=str(folder), weights=str(pretrained), backbone="mobilenet", image_size=32, batch_size=4,
                        epochs_head=1, epochs_finetune=2, lr_finetune=0.05, decay_finetune=0.3, clipnorm=0.05,
                        run_dir=str(run), shuffle_buffer=8, tensorboard=False, **values)
 

@@ -4,6 +4,7 @@ runs, readable files, YAML numbers as people write them, and no library noise.""
 import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -36,25 +37,34 @@ def test_a_run_elsewhere_leaves_that_folder_alone_and_is_the_latest(tmp_path):
     assert (tmp_path / "proj" / "latest").read_text() == "notes\n"  # the user's file is untouched
     assert not (tmp_path / "latest").exists()
     # runs/latest, the one file a run writes outside its folder, names it: plain evaluate finds it.
-    assert (tmp_path / "runs" / "latest").read_text().strip() == str(tmp_path / "proj" / "run1")
+    assert (tmp_path / "runs" / "latest").read_text().splitlines()[0] == str(tmp_path / "proj" / "run1")
     result = runner.invoke(app, ["evaluate", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["run_dir"] == str(tmp_path / "proj" / "run1")
 
 
-@pytest.mark.parametrize("what", ["folder", "user file"])
+@pytest.mark.parametrize("what", ["folder", "user file", "one-line note"])
 def test_a_latest_that_flowerft_did_not_write_stops_the_run_before_it_starts(tmp_path, what):
     folder = make_image_folder(tmp_path / "flowers", per_class=8)
     (tmp_path / "runs").mkdir()
+    text = {"user file": "my notes\nabout runs\n", "one-line note": "my notes\n"}.get(what)
     if what == "folder":
         (tmp_path / "runs" / "latest").mkdir()
-    else:
-        (tmp_path / "runs" / "latest").write_text("my notes\nabout runs\n")
+    else:  # a one-line note names a path that does not exist, as a deleted run's pointer would
+        (tmp_path / "runs" / "latest").write_text(text)
     message = one_line_error(runner.invoke(app, ["train", *FAST, "--data-dir", str(folder), "--run-dir", "runs/r1"]))
     assert "runs/latest is a" in message and "move it away" in message
     assert not (tmp_path / "runs" / "r1").exists()  # nothing half-made
-    if what == "user file":
-        assert (tmp_path / "runs" / "latest").read_text() == "my notes\nabout runs\n"
+    if text:
+        assert (tmp_path / "runs" / "latest").read_text() == text
+
+
+def test_flowerfts_own_pointer_is_replaced_even_when_its_run_was_deleted(tmp_path):
+    folder = make_image_folder(tmp_path / "flowers", per_class=8)
+    train("--data-dir", str(folder), "--run-dir", "runs/r1")
+    shutil.rmtree(tmp_path / "runs" / "r1")
+    train("--data-dir", str(folder), "--run-dir", "runs/r2")
+    assert (tmp_path / "runs" / "latest").read_text().splitlines()[0] == "r2"
 
 
 def test_a_runs_root_that_cannot_hold_the_pointer_stops_the_run_before_it_starts(tmp_path):

@@ -178,3 +178,56 @@ def test_long_runs_keep_their_counts_whole_and_the_screen_shows_the_current_epoc
     assert len(lines) <= 20 and all(len(line) <= 80 for line in lines), lines
     assert any(line.startswith("finetune 31/100 ") and "7/1200" in line for line in lines)
     assert "━" * 20 in next(line for line in lines if line.startswith("finetune 30/100 "))  # the bar keeps its width
+
+
+def test_micro_batches_are_counted_as_the_batches_they_make_up():
+    stream = io.StringIO()
+    console = Console(file=stream, width=80)
+    config = make_config(epochs_head=0, epochs_finetune=1, batch_size=16, micro_batch=4)
+    with training_display(console) as display:
+        (callback,) = display.callbacks("finetune", config)
+        callback.set_params({"steps": 40, "epochs": 1})  # Keras's steps: 10 batches of 4 micro-batches
+        callback.on_epoch_begin(0)
+        for step in range(40):
+            callback.on_train_batch_end(step, LOGS)
+        callback.on_epoch_end(0, FINAL)
+    assert stream.getvalue().startswith("finetune 1/1  10/10 steps"), stream.getvalue()
+
+
+def test_a_log_says_why_there_is_no_eta_yet_once():
+    stream = io.StringIO()
+    config = make_config(epochs_head=3, epochs_finetune=2)
+    with training_display(Console(file=stream, width=80)) as display:
+        for epoch in range(3):
+            drive(display, "head", config, epoch=epoch, steps=2, done=2, logs=LOGS).on_epoch_end(epoch, FINAL)
+    lines = stream.getvalue().splitlines()
+    assert sum("ETA once fine-tuning has run a few steps" in line for line in lines) == 1, lines
+    assert lines[-1].endswith("| run 3/5 epochs")
+
+
+def test_at_80_columns_the_start_line_breaks_between_words_and_the_run_row_keeps_its_note():
+    console = Console(width=80, force_terminal=True, record=True, file=io.StringIO())
+    start = ("training on CPU (2 cores): float32, cache memory, xception at 224 px, batch 16 in micro-batches of 4, "
+             "recipe flowerft; weights none: from scratch, the whole network and its BatchNorm learn")
+    config = make_config(epochs_head=5, epochs_finetune=10)
+    with training_display(console) as display:
+        display.notify(start)
+        drive(display, "head", config, epoch=0, steps=82, done=5, logs=LOGS)
+        lines = rendered(display, 80)
+    text = console.export_text()  # the recording also holds the live rows (without their cursor moves)
+    printed = text[text.index("training on"):].splitlines()[:3]
+    assert all(len(line.rstrip()) <= 80 for line in printed), printed
+    assert " ".join(" ".join(printed).split()).startswith(start), printed  # wrapped between words, none cut in two
+    assert len(printed[0].split()) > 1 and all(line == line.rstrip() or line.endswith(" ") for line in printed)
+    run = next(line for line in lines if line.startswith("run"))
+    assert run.rstrip().endswith("ETA after head phase"), run  # whole, not cut to "ETA once fine-tuni..."
+
+
+def test_at_80_columns_the_summary_headers_take_one_line():
+    metrics = summarize(PhaseResult("head", 5), PhaseResult("finetune", 10), "checkpoints/final.keras")
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(phase_table(metrics))
+    lines = out.export_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if "phase" in line)
+    assert "last loss" in lines[header] and "time" in lines[header]
+    assert "━" in lines[header + 1] or "─" in lines[header + 1] or "┡" in lines[header + 1], lines  # rule right below

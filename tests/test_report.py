@@ -109,7 +109,12 @@ def test_moved_test_images_leave_the_evaluation_missing_not_a_crash(run_copy, tm
     splits["test"] = [[str(tmp_path / "gone.jpg"), 0]] + splits["test"][1:]
     (run_copy / "splits.json").write_text(json.dumps(splits))
     (run_copy / "skipped_files.json").write_text(json.dumps(["/data/flowers/roses/empty.jpg"]))
-    _, html = report(run_copy)
+    result = runner.invoke(app, ["report", "--run-dir", str(run_copy)])
+    # The page is still written, but the terminal says the evaluation failed, and the exit code too.
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Error: the evaluation failed" in result.output and "gone.jpg" in result.output
+    assert f"Written: {run_copy / 'report.html'}" in result.output
+    html = (run_copy / "report.html").read_text()
     text = " ".join(Page(html).text)
     assert "Missing: could not evaluate:" in text and "gone.jpg" in text
     assert "1 file of the data folder left out of every split, not readable as images: /data/flowers/roses/empty.jpg" in text

@@ -143,6 +143,7 @@ def test_overwrite_replaces_a_run(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert not (run / "evaluation.json").exists()  # nothing of the old run is mixed in
+    assert f"--overwrite: removed the earlier run in {run} (config.yaml, evaluation.json)" in result.output
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs_head"] == 1
 
 
@@ -256,5 +257,8 @@ def test_a_run_whose_both_phases_diverge_at_once_still_finishes(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["best_phase"] is None and metrics["best_checkpoint"] == "checkpoints/final.keras"
     assert [w.split(":")[0] for w in metrics["warnings"]] == ["head phase stopped early", "finetune phase stopped early"]
+    # No epoch finished cleanly: there is no best epoch whose weights could have been restored.
+    assert all("no epoch of it finished cleanly, so it kept the weights it started from" in w for w in metrics["warnings"])
+    assert not any("best weights were restored" in w for w in metrics["warnings"])
     final = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "final.keras")
     assert all(np.isfinite(w).all() for w in final.get_weights())  # the starting weights, restored

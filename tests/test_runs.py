@@ -84,6 +84,15 @@ def test_runs_table_reads_at_80_columns(root):
     assert "interrupted" in result.output and "(resumable)" in result.output and "not a run" in result.output
 
 
+def test_runs_table_takes_one_line_a_run_when_the_terminal_is_wide(root):
+    result = runner.invoke(app, ["runs", "--runs-root", str(root)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 120
+    assert any("interrupted (resumable)" in line and "killed" in line for line in lines), result.output
+    assert not any(line.strip() in ("(resumable)", "32px", "96px") for line in lines), result.output
+
+
 def test_runs_json(root):
     result = runner.invoke(app, ["runs", "--runs-root", str(root), "--json"])
     assert result.exit_code == 0, result.output

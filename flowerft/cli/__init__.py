@@ -13,11 +13,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: one column of option names as wide as the longest needs (up to 30), so
+    # descriptions keep most of an 80-column terminal; Rich's boxed help gave them 30 columns.
+    rich_markup_mode=None,
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"flowerft {version('flowerft')}")
+        except PackageNotFoundError:  # run from a source folder that was never installed
+            typer.echo("flowerft (not installed: no version recorded)")
+        raise typer.Exit()
+
+
 @app.callback()
-def main_options() -> None:
+def main_options(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print flowerft's version and exit."),
+) -> None:
     """Transfer learning for image classifiers: Géron's Xception-on-tf_flowers recipe, done right."""
 
 
@@ -25,6 +42,7 @@ def main_options() -> None:
 from flowerft.cli import (  # noqa: E402,F401
     train_command, evaluate_command, predict_command, export_command, report_command, runs_command,
 )
+from flowerft.cli import configs_command  # noqa: E402,F401
 from flowerft.cli.train_command import phase_table  # noqa: E402,F401
 
 

@@ -63,6 +63,16 @@ def import_tensorflow_quietly() -> None:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. TFDS's "no dataset_info.json" before a download
+    # TensorFlow's Python warnings (a 10-line "tf.function retracing" when fine-tuning part of a
+    # base) would tear the live display; they speak to TensorFlow's developers, not to a user.
+    tf.get_logger().setLevel("ERROR")
+
+
+def check_run_exists(run_dir: str | None) -> None:
+    """Say a missing run at once, before TensorFlow's import takes its seconds (the command checks it again)."""
+    from flowerft import rundir  # plain files and YAML: no TensorFlow
+
+    rundir.find_run(run_dir)
 
 
 def pct(value) -> str:

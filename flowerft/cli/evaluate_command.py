@@ -11,19 +11,20 @@ from rich.table import Table
 
 from flowerft.errors import FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import console, err_console, fail, import_tensorflow_quietly, num, pct
+from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, num, pct
 
 
 @app.command()
 def evaluate(
     run_dir: Annotated[Optional[str], typer.Option(help="Run to evaluate (default: the one runs/latest names).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best (best validation accuracy over both phases) or final.")] = "best",
-    split: Annotated[str, typer.Option(help="test or valid, as recorded by training.")] = "test",
+    checkpoint: Annotated[str, typer.Option(show_default=False, help="best (best validation accuracy over both phases) or final (default: best).")] = "best",
+    split: Annotated[str, typer.Option(show_default=False, help="test or valid, as recorded by training (default: test).")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout and nothing else.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json, predictions.json and the confusion-matrix PNG (default: the run dir).")] = None,
 ) -> None:
     """Evaluate a trained run: loss, accuracy, top-2, per-class report and confusion matrix."""
     try:
+        check_run_exists(run_dir)
         import_tensorflow_quietly()
         from flowerft import evaluate as evaluation
 

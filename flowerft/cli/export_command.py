@@ -8,27 +8,32 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.config import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT
+from flowerft.config import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, chosen_formats
 from flowerft.errors import FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import console, fail, import_tensorflow_quietly, native_stderr_silenced, pct
+from flowerft.cli.common import check_run_exists, console, fail, import_tensorflow_quietly, native_stderr_silenced, pct
 
 
 @app.command()
 def export(
     run_dir: Annotated[Optional[str], typer.Option(help="Run to export (default: the one runs/latest names).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best (best validation accuracy over both phases) or final.")] = "best",
-    fmt: Annotated[str, typer.Option("--format", help=f"{', '.join(EXPORT_FORMATS)} or all.")] = "all",
+    checkpoint: Annotated[str, typer.Option(show_default=False, help="best (best validation accuracy over both phases) or final (default: best).")] = "best",
+    fmt: Annotated[str, typer.Option("--format", show_default=False, help=f"{', '.join(EXPORT_FORMATS)} or all (default: all).")] = "all",
     output: Annotated[Optional[Path], typer.Option(help="Folder for the exported files (default: RUN_DIR/export).")] = None,
 ) -> None:
     """Export a run's model for serving (SavedModel) and devices (TFLite), verified on its test split."""
     try:
-        import_tensorflow_quietly()
-        from flowerft import export as exporting
+        formats = chosen_formats(fmt)  # what can be checked before TensorFlow's import (seconds)
+        check_run_exists(run_dir)
+        # A minute or more of converting and checking: a terminal sees what is going on (and keeps
+        # nothing of it afterwards; a log gets the table only).
+        with console.status(f"exporting {', '.join(formats)}: each is converted, then checked on the test split"):
+            import_tensorflow_quietly()
+            from flowerft import export as exporting
 
-        # The TFLite converter and LiteRT write their progress to stderr from C++.
-        with native_stderr_silenced():
-            result = exporting.run(run_dir, checkpoint=checkpoint, fmt=fmt, output=output)
+            # The TFLite converter and LiteRT write their progress to stderr from C++.
+            with native_stderr_silenced():
+                result = exporting.run(run_dir, checkpoint=checkpoint, fmt=fmt, output=output)
     except FlowerftError as e:
         fail(str(e))
     except KeyboardInterrupt:  # every file is renamed into place: nothing is left half-written

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from flowerft.errors import FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
+from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
 
 
 @app.command()
@@ -23,13 +23,15 @@ def predict(
     run_dir: Annotated[Optional[str], typer.Option(help="Run whose model predicts (default: the one runs/latest names).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="best or final (default: best).")] = None,
     model: Annotated[Optional[str], typer.Option(help="An exported model instead of a run: a SavedModel folder or a .tflite file.")] = None,
-    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 3,
+    top_k: Annotated[int, typer.Option(show_default=False, help="How many classes to list per image (default: 3).")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help='Print [{"path", "top_k": [{"label", "probability"}]}] on stdout.')] = False,
 ) -> None:
     """Predict the class of image files with a trained run's model, or with a model it exported."""
     if model is not None and (run_dir is not None or checkpoint is not None):
         fail(f"--model {model} is a model already: give it without --run-dir and --checkpoint")
     try:
+        if model is None:
+            check_run_exists(run_dir)
         import_tensorflow_quietly()
         from flowerft import predict as prediction
 

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import webbrowser
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from flowerft.errors import FlowerftError
+from flowerft.errors import EvaluationFailed, FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
+from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
 
 
 @app.command()
 def report(
     run_dir: Annotated[Optional[str], typer.Option(help="Run to report on (default: the one runs/latest names).")] = None,
     open_page: Annotated[bool, typer.Option("--open", help="Open the page in the default browser, when there is one.")] = False,
+    output: Annotated[Optional[Path], typer.Option(help="Folder for report.html, curves.png and any evaluation it runs (default: the run dir).")] = None,
 ) -> None:
-    """Write R/report.html: the run, its training curves, the test evaluation and its worst mistakes."""
+    """Write report.html into the run dir: the run, its training curves, the test evaluation and its worst mistakes."""
     try:
+        check_run_exists(run_dir)
         import_tensorflow_quietly()  # evaluating first, when needed, loads the model
         from flowerft import report as reporting
 
@@ -26,7 +29,10 @@ def report(
             console.print(message, highlight=False, soft_wrap=True)
 
         with native_stderr_silenced():
-            page = reporting.run(run_dir, notify=notify)
+            page = reporting.run(run_dir, notify=notify, output=output)
+    except EvaluationFailed as e:
+        console.print(f"Written: {e.page}", highlight=False, soft_wrap=True)
+        fail(str(e))
     except FlowerftError as e:
         fail(str(e))
     except KeyboardInterrupt:  # nothing half-written: every file is renamed into place

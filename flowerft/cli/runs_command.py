@@ -33,25 +33,30 @@ def runs(
     elif not rows:
         console.print(f"No runs in {runs_root}.", highlight=False)
     else:
-        console.print(runs_table(rows, runs_root))
+        console.print(runs_table(rows, runs_root, console.width))
 
 
-def runs_table(rows, runs_root: str) -> Table:
+def runs_table(rows, runs_root: str, width: int = 80) -> Table:
     # Eight columns in 80 characters: no vertical rules, one space between columns, names and
     # backbones kept whole (a person greps them); a status and a model take two lines rather than
     # Rich's share of the width (which cuts off the last column).
     table = Table(title=f"Runs in {runs_root}", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
-    whole = {"run": max(len(r.name) + 2 * r.best for r in rows), "started": 11, "status": 11,
-             "model": max(5, *(len(r.backbone or "") for r in rows)), "epochs": 6, "val": 6, "test": 6, "time": 6}
+    models = [f"{r.backbone} {r.image_size}px" if r.backbone else "-" for r in rows]
+    whole = {"run": max(len(r.name) + 2 * r.best for r in rows), "started": 11,
+             "status": max(11, *(len(r.status) for r in rows)), "model": max(5, *map(len, models)),
+             "epochs": 6, "val": 6, "test": 6, "time": 6}
+    if sum(whole.values()) + len(whole) - 1 > width:  # too narrow for one line a run: status and model wrap
+        whole |= {"status": 11, "model": max(5, *(len(r.backbone or "") for r in rows))}
     for column in whole:
         table.add_column(column, justify="left" if column in ("run", "started", "status", "model") else "right",
                          min_width=whole[column], width=whole[column] if column in ("status", "model") else None)
-    for r in rows:
+    for r, model in zip(rows, models):
         epochs = "-" if r.epochs_planned is None else f"{r.epochs_run or 0}/{r.epochs_planned}"
         table.add_row(
             # Under the name, where its images come from (a second line: the row has no room for a column).
-            r.name + (" *" if r.best else "") + (f"\n[dim]{escape(r.source)}[/]" if r.source else ""), time.strftime("%m-%d %H:%M", time.localtime(r.started)), r.status,
-            f"{r.backbone} {r.image_size}px" if r.backbone else "-", epochs, pct(r.best_val_accuracy), pct(r.test_accuracy),
+            r.name + (" *" if r.best else "") + (f"\n[dim]{escape(r.source)}[/]" if r.source else ""),
+            time.strftime("%m-%d %H:%M", time.localtime(r.started)), r.status,
+            model, epochs, pct(r.best_val_accuracy), pct(r.test_accuracy),
             "-" if r.wall_time_s is None else f"{r.wall_time_s:.0f} s",
         )
     table.caption = "under each run its data (folder, csv, tfds, hf); val: best validation accuracy; test: test accuracy; *: best finished run"

@@ -12,12 +12,12 @@ from flowerft.backbones import BACKBONES
 from flowerft.config import PRECISIONS, RECIPES, given_values, resolve
 from flowerft.errors import FlowerftError, Interrupted
 from flowerft.cli import app
-from flowerft.cli.common import console, default, fail, import_tensorflow_quietly, num, pct
+from flowerft.cli.common import console, default, fail, import_tensorflow_quietly, native_stderr_silenced, num, pct
 
 
 @app.command()
 def train(
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides (see configs/).")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides, or the name of an example (`flowerft configs` lists them).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Image folder: one subfolder per class, or train/ val/ test/ folders of class folders (default: TFDS tf_flowers).")] = None,
     tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="CSV of path,label[,split] rows (paths relative to it): the images and their classes.")] = None,
@@ -28,7 +28,7 @@ def train(
     label_column: Annotated[Optional[str], typer.Option(help="The label column (CSV, Hugging Face) or feature (TFDS) (default: found).")] = None,
     class_order: Annotated[Optional[str], typer.Option(help="Class names in label order, comma-separated (default: sorted).")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file" + default("weights"))] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, a '_notop' weights file, or none (from scratch: no head phase, BatchNorm learns)" + default("weights"))] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}" + default("backbone"))] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size" + default("image_size"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per training step" + default("batch_size"))] = None,
@@ -48,13 +48,13 @@ def train(
     finetune_from: Annotated[Optional[str], typer.Option(help="Fine-tune the base from this layer up (a layer name of the base; instead of --finetune-blocks)" + default("finetune_from"))] = None,
     precision: Annotated[Optional[str], typer.Option(help=f"{', '.join(PRECISIONS)}: bfloat16/float16 are mixed (weights and output float32); auto picks float16 on tensor-core GPUs, bfloat16 on CPUs with native support, else float32" + default("precision"))] = None,
     micro_batch: Annotated[Optional[int], typer.Option(help="Fine-tune each batch this many images at a time, accumulating gradients: the same updates in less memory (must divide --batch-size)" + default("micro_batch"))] = None,
-    mixed_precision: Annotated[bool, typer.Option(help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32 (with --precision float32 or auto).")] = False,
-    jit_compile: Annotated[bool, typer.Option(help="XLA-compile the training step (GPUs).")] = False,
+    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", show_default=False, help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32 (with --precision float32 or auto).")] = False,
+    jit_compile: Annotated[bool, typer.Option("--jit-compile", show_default=False, help="XLA-compile the training step (GPUs).")] = False,
     distribute: Annotated[Optional[str], typer.Option(
         help="tf.distribute strategy: auto (every GPU when there are several), none, mirrored, multiworker "
         "(the cluster from TF_CONFIG) or tpu; --batch-size is the global batch, split across replicas" + default("distribute"))] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch; start it if nothing is saved yet; a finished run is left as it is (exit 0). Safe to re-issue after any crash or preemption.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the run already in --run-dir.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", show_default=False, help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch; start it if nothing is saved yet; a finished run is left as it is (exit 0). Safe to re-issue after any crash or preemption.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", show_default=False, help="Replace the run already in --run-dir (it says what it removed).")] = False,
 ) -> None:
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
     options = dict(
@@ -68,13 +68,17 @@ def train(
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None, distribute=distribute,
     )
     try:
+        if resume and overwrite:  # one would silently lose: checked before anything is read
+            raise FlowerftError("--resume continues the run in --run-dir and --overwrite replaces it; give one of them")
         given = given_values(config_file, **options)  # the YAML file is read once
         config = resolve(given)
         import_tensorflow_quietly()
         from flowerft import train as training
         from flowerft.progress import training_display
 
-        with training_display(console) as display:
+        # libjpeg writes "Improper call to JPEG library" to stderr itself while the data scan
+        # reads broken files (each is reported in our own line): it would glue onto the live display.
+        with training_display(console) as display, native_stderr_silenced():
             result = training.run(
                 config,
                 callbacks=display.callbacks,
@@ -99,8 +103,9 @@ def train(
 def phase_table(metrics: dict) -> Table:
     """Per phase: its best epoch with that epoch's validation accuracy and loss, and its last epoch."""
     table = Table(title="Training summary")
-    for column in ("phase", "epochs", "best epoch", "val acc", "val loss", "last val acc", "last val loss", "time"):
-        table.add_column(column, justify="left" if column == "phase" else "right")
+    # Short headers, each one line at 80 columns; the caption says what they mean.
+    for column in ("phase", "epochs", "best", "val acc", "val loss", "last acc", "last loss", "time"):
+        table.add_column(column, justify="left" if column == "phase" else "right", no_wrap=True)
     for name, p in metrics["phases"].items():
         star = " *" if name == metrics["best_phase"] else ""
         table.add_row(
@@ -108,5 +113,6 @@ def phase_table(metrics: dict) -> Table:
             pct(p["best_val_accuracy"]), num(p.get("best_epoch_val_loss")), pct(p["last_val_accuracy"]),
             num(p["last_val_loss"]), f"{p['wall_time_s']:.0f} s",
         )
-    table.caption = "best epoch: highest validation accuracy (counted over both phases); * the phase of the best model"
+    table.caption = ("best: the epoch of highest validation accuracy (counted over both phases), with its val acc and "
+                     "val loss; last: the last epoch's; * the phase of the best model")
     return table

@@ -41,7 +41,9 @@ def blocks(base: keras.Model, backbone: str | None = None) -> list[str]:
     model the user brings is read with the common `block<N>_` naming.
     """
     family = None if backbone is None or is_own(backbone) else get_backbone(backbone)
-    return block_starts([layer.name for layer in base.layers], family)
+    names = [layer.name for layer in base.layers]
+    # A base whose layers are not the family's (one given in its place) may still use the common naming.
+    return block_starts(names, family) or block_starts(names, None)
 
 
 def cut_layer(base: keras.Model, config: Config) -> str:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from flowerft.config import Config
+from flowerft.artifacts import first_line
 from flowerft.errors import ConfigError, OfflineError
 
 REMOTE = {"hf://": "huggingface.co", "kaggle://": "www.kaggle.com"}
@@ -66,7 +67,7 @@ def load_base(config: Config) -> tuple[str, keras.Model, str]:
     try:
         backbone = hub.models.Backbone.from_preset(preset)
     except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise ConfigError(f"backbone: {preset} is not a KerasHub backbone preset that loads ({reason})") from None
     image_input = backbone.inputs[0] if len(backbone.inputs) == 1 else None
     if image_input is None or len(image_input.shape) != 4 or image_input.shape[-1] != 3:

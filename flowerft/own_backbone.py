@@ -18,6 +18,7 @@ import keras
 
 from flowerft import weights_files
 from flowerft.config import Config
+from flowerft.artifacts import first_line
 from flowerft.errors import ConfigError
 
 # What a classifier's top is made of: flowerft cuts below these (walking back from the output).
@@ -53,7 +54,7 @@ def load_file(path: Path) -> keras.Model:
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise ConfigError(f"backbone: {path} is not a Keras model file that loads in safe mode ({reason}); "
                           "give a model saved with model.save('....keras')") from None
     if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from flowerft.artifacts import first_line
 from flowerft.errors import ConfigError
 
 # EfficientNet B0-B7's ImageNet files store the input's standard deviation where the Normalization
@@ -35,7 +36,7 @@ def load(base: keras.Model, path: Path, what: str, hint: str) -> None:
     except ConfigError:
         raise
     except Exception as e:  # h5py/keras raise many types for a file that is not these weights
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise ConfigError(f"weights: {path} does not hold {what} ({reason}); {hint}") from None
 
 

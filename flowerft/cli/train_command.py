@@ -20,7 +20,7 @@ def train(
     data_dir: Annotated[Optional[str], typer.Option(help="Image folder with one subfolder per class, for offline use (default: TFDS tf_flowers).")] = None,
     tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file" + default("weights"))] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, none, or a '_notop' weights file (Keras 3 .weights.h5 or legacy Keras 2 .h5)" + default("weights"))] = None,
     backbone: Annotated[Optional[str], typer.Option(help="A built-in backbone (`flowerft backbones` lists them), a .keras model file (a classifier or a base), or a KerasHub preset (folder, hf://..., kaggle://...)" + default("backbone"))] = None,
     backbone_layer: Annotated[Optional[str], typer.Option(help="With your own backbone: the layer whose output is the features (default: the one below its top)")] = None,
     pixel_scaling: Annotated[Optional[str], typer.Option(help="With your own backbone that has no scaling layer: what its weights expect, tf ([-1, 1]), caffe, torch or none")] = None,

@@ -17,6 +17,10 @@ does not depend on them, and this machine has no network.
 fine-tune images/s of full, partial (plain), partial (cached) and bfloat16 fine-tuning; peak RSS
 of `flowerft train` with and without micro-batches; and, given --devkit, the test accuracy of
 full vs partial fine-tuning for the same epochs. `--part all` (the default) prints both.
+
+`--part backbones` (alone; --image-size 224 --batch-size 8 --steps 3 for the README's table)
+prints the fine-tune images/s of every registry backbone, or of --families NAME ... only
+(benchmarks/backbone_speed.py).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import backbone_speed  # noqa: E402  (benchmarks/backbone_speed.py)
 import limits  # noqa: E402  (benchmarks/limits.py)
 
 CLASSES = ("dandelion", "daisy", "tulips", "sunflowers", "roses")
@@ -234,8 +239,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed fine-tune steps for (b)")
     parser.add_argument("--rss-image-size", type=int, default=224, help="image size of the (d) run")
     parser.add_argument("--rss-images", type=int, default=100, help="images for the (d) run")
-    parser.add_argument("--part", choices=("all", "speed", "limits"), default="all")
+    parser.add_argument("--part", choices=("all", "speed", "limits", "backbones"), default="all")
     limits.add_arguments(parser)
+    backbone_speed.add_arguments(parser)
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -243,6 +249,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="flowerft-bench-"))
     print(f"machine: {limits.machine()}; Python {platform.python_version()}", flush=True)
+    if args.part == "backbones":  # not part of "all": it builds every backbone (benchmarks/backbone_speed.py)
+        backbone_speed.run(args)
+        return
     if args.part in ("all", "limits"):
         limits.run(args, work, make_flowers)
     if args.part == "limits":

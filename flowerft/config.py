@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowerft.backbones import get_backbone
+from flowerft.backbones import SCALINGS, get_backbone, is_own
 from flowerft.errors import ConfigError
 
 
@@ -89,6 +89,11 @@ class Config:
     backbone: str = "xception"
     # "imagenet" downloads once into ~/.keras/models; "none" is random init; else a file path.
     weights: str = "imagenet"
+    # With a backbone of your own (a .keras file or KerasHub preset, flowerft/own_backbone.py): the
+    # layer whose output is the features (null: the one below the model's top), and the scaling its
+    # weights expect when the model has none inside it (tf, caffe, torch or none).
+    backbone_layer: str | None = None
+    pixel_scaling: str | None = None
 
     # --- the recipe: how the two phases train ---
     # The defaults below are the "flowerft" recipe, chosen by measurement with ImageNet weights on
@@ -220,9 +225,17 @@ def _check_values(c: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: {what}, got {getattr(c, key)!r}")
 
-    backbone = get_backbone(c.backbone)
-    need(c.image_size >= backbone.min_size, "image_size",
-         f"must be at least {backbone.min_size} for backbone {c.backbone}")
+    if is_own(c.backbone):
+        need(c.pixel_scaling is None or c.pixel_scaling in SCALINGS, "pixel_scaling",
+             f"must be one of {', '.join(SCALINGS)}")
+    else:
+        backbone = get_backbone(c.backbone)
+        need(c.image_size >= backbone.min_size, "image_size",
+             f"must be at least {backbone.min_size} for backbone {c.backbone}")
+        need(c.backbone_layer is None, "backbone_layer",
+             "is for a backbone you bring (a .keras file or KerasHub preset), not a built-in one")
+        need(c.pixel_scaling is None, "pixel_scaling",
+             f"is for a backbone you bring; {backbone.name} has its own ({backbone.scaling})")
     for key in ("epochs_head", "epochs_finetune"):
         need(getattr(c, key) >= 0, key, "must be 0 or more")
     for key in ("batch_size", "shuffle_buffer", "test_percent", "valid_percent"):
@@ -363,7 +376,7 @@ def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config
 
 
 # Paths a run records: stored absolute, so the run works from any working directory.
-PATH_KEYS = ("data_dir", "tfds_data_dir", "weights", "labels")
+PATH_KEYS = ("data_dir", "tfds_data_dir", "weights", "labels", "backbone")
 # A local dataset when such a path exists, else a name (a Hugging Face hub id) kept as given.
 PATH_OR_NAME_KEYS = ("hf_dataset",)
 
@@ -374,6 +387,8 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
         if key in PATH_OR_NAME_KEYS and isinstance(value, str) and os.path.exists(os.path.expanduser(value)):
             return os.path.abspath(os.path.expanduser(value))
         if key not in PATH_KEYS or not isinstance(value, str) or value in ("", "imagenet", "none"):
+            return value
+        if key == "backbone" and (not is_own(value) or "://" in value):  # a name, or a preset's address
             return value
         return os.path.abspath(os.path.expanduser(value))  # abspath also folds "a/../b"
 

@@ -13,18 +13,21 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
-import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from flowerft.backbones import Backbone, get_backbone
+from flowerft import weights_files
+from flowerft.backbones import Backbone, get_backbone, is_own
 from flowerft.config import Config
 from flowerft.errors import ConfigError, OfflineError
 
 # ImageNet channel means, BGR order, as keras.applications.imagenet_utils' "caffe" mode uses them.
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype="float32")
+# ImageNet RGB mean and std of [0, 1] pixels, as the "torch" mode uses them.
+TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
+TORCH_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
 # Long enough for a slow but working network, short enough that offline fails fast.
 DOWNLOAD_TIMEOUT_SECONDS = 15.0
 # The moving statistics' momentum of BatchNorm trained from scratch (see unfreeze_base).
@@ -45,38 +48,43 @@ def pixel_scaling(scaling: str) -> keras.layers.Layer | None:
             kernel_initializer=keras.initializers.Constant(swap_rgb_bgr),
             bias_initializer=keras.initializers.Constant(-CAFFE_BGR_MEAN),
         )
+    if scaling == "torch":  # /255, minus the ImageNet mean, over its std: one per-channel affine map
+        return keras.layers.Rescaling(
+            scale=(1.0 / (255.0 * TORCH_STD)).tolist(), offset=(-TORCH_MEAN / TORCH_STD).tolist(), name="pixel_scaling"
+        )
     if scaling == "none":
         return None
     raise ValueError(f"unknown pixel scaling {scaling!r}")
 
 
+def constructor_of(backbone: Backbone):
+    if backbone.constructor == "ResNet34":
+        from flowerft.resnet34 import ResNet34
+
+        return ResNet34
+    return getattr(keras.applications, backbone.constructor)
+
+
 def make_base(backbone: Backbone, image_size: int, weights: str) -> keras.Model:
     """The backbone without its top, with ImageNet, random (`none`) or file weights."""
-    constructor = getattr(keras.applications, backbone.constructor)
+    constructor = constructor_of(backbone)
     shape = (image_size, image_size, 3)
-    if weights == "none":
-        return constructor(include_top=False, weights=None, input_shape=shape)
     if weights == "imagenet":
+        if not backbone.has_imagenet_weights:
+            raise ConfigError(f"weights: Keras has no ImageNet weights for {backbone.name}; train it from scratch "
+                              "with --weights none, or give a weights file of this network with --weights PATH")
         return _download_imagenet_base(constructor, shape, backbone.name)
+    base = constructor(include_top=False, weights=None, input_shape=shape)
+    if weights == "none":
+        return base
     path = Path(weights)
     if not path.is_file():
         raise ConfigError(f"weights: {weights} is neither imagenet, none nor an existing weights file")
-    try:
-        # Keras only warns when it skips parts of a file that does not fit ("Affected layers will
-        # retain their freshly-initialized weights"): a half-loaded base must be an error instead.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            base = constructor(include_top=False, weights=str(path), input_shape=shape)
-        skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
-        if skipped:
-            raise ValueError(str(skipped[0].message))
-        return base
-    except Exception as e:  # h5py/keras raise many types for a file that is not these weights
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ConfigError(
-            f"weights: {path} does not hold {backbone.constructor} weights without top ({reason}); "
-            f"give the '_notop' weights file of backbone {backbone.name}"
-        ) from None
+    weights_files.load(base, path, f"{backbone.constructor} weights without top",
+                       f"give the '_notop' weights file of backbone {backbone.name}")
+    if backbone.preprocess_module == "efficientnet":
+        weights_files.fix_efficientnet_normalization(base)
+    return base
 
 
 def _download_imagenet_base(constructor, shape, name: str) -> keras.Model:
@@ -103,18 +111,26 @@ def _download_imagenet_base(constructor, shape, name: str) -> keras.Model:
 
 def build_model(config: Config, n_classes: int) -> tuple[keras.Model, keras.Model]:
     """The full classifier and its base (returned too, to freeze and unfreeze it)."""
-    backbone = get_backbone(config.backbone)
+    if is_own(config.backbone):  # a .keras file or KerasHub preset the user brings
+        from flowerft import own_backbone
+
+        scaling_name, base, name = own_backbone.load_base(config)
+    else:
+        backbone = get_backbone(config.backbone)
+        scaling_name, name = backbone.scaling, backbone.name
+        base = make_base(backbone, config.image_size, config.weights)
     inputs = keras.Input(shape=(config.image_size, config.image_size, 3), name="image")
     x = inputs
-    scaling = pixel_scaling(backbone.scaling)
+    scaling = pixel_scaling(scaling_name) if isinstance(scaling_name, str) else scaling_name  # a preset's own layer
     if scaling is not None:
         x = scaling(x)
-    base = make_base(backbone, config.image_size, config.weights)
     x = base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    # A base that pools itself (a classifier cut at its pooled features) needs no second pooling.
+    pool = keras.layers.GlobalAveragePooling2D if len(x.shape) == 4 else keras.layers.Identity
+    x = pool(name="avg_pool")(x)
     # float32 output keeps softmax stable if a mixed-precision policy is ever set.
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, outputs, name=f"flowerft_{backbone.name}"), base
+    return keras.Model(inputs, outputs, name=f"flowerft_{name}"), base
 
 
 def all_layers(layer: keras.layers.Layer):

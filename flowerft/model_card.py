@@ -8,7 +8,7 @@ from typing import Any
 
 from flowerft import source_record
 from flowerft.artifacts import BYTES_INPUT, BYTES_SIGNATURE, IMAGES_INPUT, IMAGES_SIGNATURE, LABELS_FILE
-from flowerft.backbones import get_backbone
+from flowerft.backbones import get_backbone, is_own
 from flowerft.config import Config
 
 WHAT = {
@@ -22,6 +22,7 @@ WHAT = {
 SCALING = {
     "tf": "to [-1, 1] (x / 127.5 - 1)",
     "caffe": "to BGR minus the ImageNet channel means",
+    "torch": "to (x / 255 - ImageNet mean) / ImageNet std, per channel",
     "none": "by the backbone's own layers",
 }
 
@@ -71,7 +72,11 @@ def render(report: dict[str, Any], config: Config, metrics: dict[str, Any]) -> s
     size = report["image_size"]
     names = report["class_names"]
     m = report["machine"]
-    backbone = get_backbone(config.backbone)
+    if is_own(config.backbone):  # a model the user brought: its own scaling, or the one they named
+        scaled = f"{Path(config.backbone).name}: {SCALING[config.pixel_scaling or 'none']}"
+    else:
+        backbone = get_backbone(config.backbone)
+        scaled = f"{backbone.name}: {SCALING[backbone.scaling]}"
     data = f"`{source_record.describe(config, source_record.read(Path(report['run_dir'])))}`"
     best = metrics.get("best_val_accuracy")
     classes = "\n".join(f"{i}. {name}" for i, name in enumerate(names))
@@ -89,7 +94,7 @@ Exported by `flowerft export` on {report['exported_at']} from `{report['run_dir'
 ## Input
 
 RGB images of {size} x {size} pixels, values 0-255, no normalisation: the model scales pixels itself
-({backbone.name}: {SCALING[backbone.scaling]}).
+({scaled}).
 
 - SavedModel `{IMAGES_SIGNATURE}`: input `{IMAGES_INPUT}`, uint8 [batch, {size}, {size}, 3].
 - SavedModel `{BYTES_SIGNATURE}`: input `{BYTES_INPUT}`, string [batch]: encoded JPEG, PNG, GIF, BMP or

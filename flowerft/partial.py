@@ -17,7 +17,6 @@ with cache: memory), else in a file under <run_dir>/cache/ that the run removes 
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -26,46 +25,44 @@ import numpy as np
 import tensorflow as tf
 
 from flowerft import data, distribute
+from flowerft.backbones import block_starts, get_backbone, is_own
 from flowerft.config import Config
 from flowerft.errors import ConfigError
 from flowerft.model import all_layers, batchnorm_learns, unfreeze_base
-
-# A layer's block: Xception's block13_..., EfficientNet's block6a_..., MobileNetV2's block_12_...,
-# ResNet50's conv4_block3_... (MobileNet v1 names no blocks: cut it with finetune_from).
-BLOCK_NAME = re.compile(r"^((?:conv\d+_)?block_?\d+[a-z]?)_")
-
 
 def is_partial(config: Config) -> bool:
     return bool(config.finetune_blocks or config.finetune_from)
 
 
-def blocks(base: keras.Model) -> list[str]:
-    """The base's blocks, bottom to top, by the names of their layers."""
-    found = (BLOCK_NAME.match(layer.name) for layer in base.layers)
-    return list(dict.fromkeys(m.group(1) for m in found if m))
+def blocks(base: keras.Model, backbone: str | None = None) -> list[str]:
+    """The first layer of each of the base's blocks, bottom to top (backbones.block_starts).
+
+    A registry backbone names its blocks its own way (Inception by the layers that end them); a
+    model the user brings is read with the common `block<N>_` naming.
+    """
+    family = None if backbone is None or is_own(backbone) else get_backbone(backbone)
+    names = [layer.name for layer in base.layers]
+    # A base whose layers are not the family's (one given in its place) may still use the common naming.
+    return block_starts(names, family) or block_starts(names, None)
 
 
 def cut_layer(base: keras.Model, config: Config) -> str:
     """The name of the base's lowest layer that learns."""
+    starts = blocks(base, config.backbone)
     if config.finetune_from:
         names = [layer.name for layer in base.layers]
         if config.finetune_from not in names:
-            hint = f"e.g. {_first_layer(base, blocks(base)[-2])}" if len(blocks(base)) > 1 else "see model.summary()"
+            hint = f"e.g. {starts[-2]}" if len(starts) > 1 else "see model.summary()"
             raise ConfigError(f"finetune_from: {base.name} has no layer named {config.finetune_from!r}; "
                               f"give the name of a layer of the base ({hint})")
         return config.finetune_from
-    names = blocks(base)
-    if not names:
+    if not starts:
         raise ConfigError(f"finetune_blocks: {config.backbone}'s layers name no blocks; cut it with "
                           "finetune_from: LAYER instead")
-    if config.finetune_blocks > len(names):
-        raise ConfigError(f"finetune_blocks: {config.backbone} has {len(names)} blocks, got {config.finetune_blocks}; "
-                          f"give 1 to {len(names)} (0 fine-tunes the whole base)")
-    return _first_layer(base, names[-config.finetune_blocks])
-
-
-def _first_layer(base: keras.Model, block: str) -> str:
-    return next(layer.name for layer in base.layers if layer.name.startswith(block + "_"))
+    if config.finetune_blocks > len(starts):
+        raise ConfigError(f"finetune_blocks: {config.backbone} has {len(starts)} blocks, got {config.finetune_blocks}; "
+                          f"give 1 to {len(starts)} (0 fine-tunes the whole base)")
+    return starts[-config.finetune_blocks]
 
 
 def split_base(base: keras.Model, config: Config) -> tuple[keras.Model, keras.Model]:

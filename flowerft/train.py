@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from flowerft import curves, data, distribute, micro_batches, partial, precision, rundir, runlock, source_record, sources, state
+from flowerft.backbones import is_own
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
@@ -203,6 +204,13 @@ def check_inputs(config: Config, run_dir: Path) -> None:
     rundir.check_writable(run_dir)
     if config.weights not in ("imagenet", "none") and not Path(config.weights).is_file():
         raise ConfigError(f"weights: {config.weights} is neither imagenet, none nor an existing weights file")
+    if is_own(config.backbone):  # before any data is read: a missing file, an unreachable preset
+        from flowerft import hub_backbone
+
+        hub_backbone.check_reachable(config.backbone)
+        if not hub_backbone.is_preset(config.backbone) and not Path(config.backbone).expanduser().is_file():
+            raise ConfigError(f"backbone: {config.backbone} does not exist; give a .keras model file, a KerasHub "
+                              "preset (a folder, hf://... or kaggle://...) or a built-in name (flowerft backbones)")
 
 
 def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | None = None) -> Config:

@@ -43,6 +43,7 @@ from flowerft.cli import (  # noqa: E402,F401
     train_command, evaluate_command, predict_command, export_command, report_command, runs_command,
 )
 from flowerft.cli import configs_command  # noqa: E402,F401
+from flowerft.cli import backbones_command  # noqa: E402,F401
 from flowerft.cli.train_command import phase_table  # noqa: E402,F401
 
 

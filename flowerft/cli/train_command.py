@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.backbones import BACKBONES
 from flowerft.config import PRECISIONS, RECIPES, given_values, resolve
 from flowerft.errors import FlowerftError, Interrupted
 from flowerft.cli import app
@@ -28,8 +27,10 @@ def train(
     label_column: Annotated[Optional[str], typer.Option(help="The label column (CSV, Hugging Face) or feature (TFDS) (default: found).")] = None,
     class_order: Annotated[Optional[str], typer.Option(help="Class names in label order, comma-separated (default: sorted).")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=f"Training recipe: {' or '.join(RECIPES)} (Géron's values); the options below override it" + default("recipe"))] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, a '_notop' weights file, or none (from scratch: no head phase, BatchNorm learns)" + default("weights"))] = None,
-    backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}" + default("backbone"))] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, a '_notop' weights file (Keras 3 .weights.h5 or legacy Keras 2 .h5), or none (from scratch: no head phase, BatchNorm learns)" + default("weights"))] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="A built-in backbone (`flowerft backbones` lists them), a .keras model file (a classifier or a base), or a KerasHub preset (folder, hf://..., kaggle://...)" + default("backbone"))] = None,
+    backbone_layer: Annotated[Optional[str], typer.Option(help="With your own backbone: the layer whose output is the features (default: the one below its top)")] = None,
+    pixel_scaling: Annotated[Optional[str], typer.Option(help="With your own backbone that has no scaling layer: what its weights expect, tf ([-1, 1]), caffe, torch or none")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size" + default("image_size"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per training step" + default("batch_size"))] = None,
     epochs_head: Annotated[Optional[int], typer.Option(help="Epochs training the new head on the frozen base" + default("epochs_head"))] = None,
@@ -59,6 +60,7 @@ def train(
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
     options = dict(
         recipe=recipe, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
+        backbone_layer=backbone_layer, pixel_scaling=pixel_scaling,
         image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
         lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
         finetune_blocks=finetune_blocks, finetune_from=finetune_from, precision=precision, micro_batch=micro_batch,

@@ -46,6 +46,7 @@ def train(
     distribute: Annotated[Optional[str], typer.Option(
         help="tf.distribute strategy: auto (every GPU when there are several), none, mirrored, multiworker "
         "(the cluster from TF_CONFIG) or tpu; --batch-size is the global batch, split across replicas" + default("distribute"))] = None,
+    track: Annotated[Optional[str], typer.Option(help="Also log the run to an experiment tracker: mlflow (pip install 'flowerft[mlflow]'; the store is MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db) or none" + default("track"))] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch; start it if nothing is saved yet; a finished run is left as it is (exit 0). Safe to re-issue after any crash or preemption.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run already in --run-dir.")] = False,
 ) -> None:
@@ -57,6 +58,7 @@ def train(
         finetune_blocks=finetune_blocks, finetune_from=finetune_from, precision=precision, micro_batch=micro_batch,
         # A switch left off keeps whatever the YAML file says.
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None, distribute=distribute,
+        track=track,
     )
     try:
         given = given_values(config_file, **options)  # the YAML file is read once

@@ -11,6 +11,7 @@ from PIL import Image
 from flowerft import gradcam, model as model_module
 from flowerft.backbones import BACKBONES
 from flowerft.config import make_config
+from flowerft.errors import FlowerftError
 from flowerft.evaluate import load_model
 from flowerft.model import build_model, unfreeze_base
 
@@ -113,3 +114,9 @@ def test_a_flat_classifier_is_explained_at_its_last_convolution():
     assert explainer.feature.layer.name == "last_conv" and not explainer.feature.nested
     maps, _ = explainer(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)))
     assert maps.shape == (2, SIZE, SIZE)
+
+
+def test_a_one_by_one_feature_map_is_refused_with_the_reason():
+    model, _ = build_model(make_config(weights="none", backbone="mobilenetv2", image_size=32), 3)
+    with pytest.raises(FlowerftError, match="1 x 1 at this image size"):
+        gradcam.GradCam(model)

@@ -2,7 +2,10 @@
 (across interrupts and --resume), the test evaluation and the artifacts; a dead server only warns."""
 
 import json
+import signal
+import subprocess
 import sys
+import time
 
 import keras
 import pytest
@@ -116,6 +119,35 @@ def test_an_interrupted_run_resumed_has_every_epoch_once_in_the_same_mlflow_run(
     assert logged == {row["epoch"]: pytest.approx(row["val_loss"]) for row in history}
     runs = client.search_runs([run.info.experiment_id], f"tags.`flowerft.run_dir` = '{run_dir.resolve()}'")
     assert len(runs) == 1  # the resume made no second MLflow run
+
+
+def test_a_run_killed_during_fine_tuning_and_resumed_has_every_epoch_once(store, monkeypatch, tmp_path):
+    """SIGKILL in a real `flowerft train --track mlflow` process (no callback to tidy up), then --resume."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    folder = make_image_folder(tmp_path / "images", per_class=6, sizes=(32, 40))
+    run_dir = tmp_path / "run"
+    args = ["train", "--data-dir", str(folder), "--weights", "none", "--backbone", "mobilenet", "--image-size", "32",
+            "--batch-size", "6", "--epochs-head", "2", "--epochs-finetune", "4", "--run-dir", str(run_dir), "--track", "mlflow"]
+    proc = subprocess.Popen([sys.executable, "-m", "flowerft", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    progress, deadline = run_dir / "state" / "progress.json", time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["phase"] == "finetune":
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    client, run = mlflow_run(store, run_dir)
+    assert run.info.status == "RUNNING"  # nothing could say otherwise
+
+    result = runner.invoke(app, ["train", "--resume", "--run-dir", str(run_dir)])  # --track comes from config.yaml
+    assert result.exit_code == 0 and "MLflow" not in result.output, result.output
+    client, resumed = mlflow_run(store, run_dir)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    history = json.loads((run_dir / "history.json").read_text())
+    logged = client.get_metric_history(run.info.run_id, "val_loss")
+    assert sorted((m.step, m.value) for m in logged) == [(r["epoch"], pytest.approx(r["val_loss"])) for r in history]
+    assert [r["epoch"] for r in history] == list(range(1, 7))
 
 
 def test_an_unreachable_server_warns_once_and_training_goes_on(tracked, monkeypatch, tmp_path):

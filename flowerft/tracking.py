@@ -45,7 +45,7 @@ def _mlflow():
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise ConfigError("track: mlflow needs MLflow; install it with pip install 'flowerft[mlflow]'") from None
+        raise ConfigError("track: mlflow needs MLflow; install it with pip install 'flowerft[mlflow]', or give --track none") from None
     return MlflowClient
 
 

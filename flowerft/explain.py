@@ -154,8 +154,10 @@ def write_png(path: Path, photo: np.ndarray, heat: np.ndarray, explained: str, r
     values = [r["probability"] for r in ranked][::-1]
     colours = ["#b3261e" if label == explained else "#5b6570" for label in labels]
     bars.barh(labels, values, color=colours)
-    for y, value in enumerate(values):
-        bars.text(min(value, 0.86) + 0.01, y, f"{value:.1%}", va="center", fontsize=9)
+    for y, value in enumerate(values):  # beside the bar, or inside a long one
+        inside = value > 0.85
+        bars.text(value - 0.01 if inside else value + 0.01, y, f"{value:.1%}", va="center", fontsize=9,
+                  ha="right" if inside else "left", color="white" if inside else "black")
     bars.set_xlim(0, 1)
     bars.set_title(f"top {len(ranked)}", fontsize=9, loc="left")
     bars.spines[["top", "right"]].set_visible(False)

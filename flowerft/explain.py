@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from flowerft import data, figures, gradcam, rundir
+from flowerft.config import DEFAULTS
 from flowerft.errors import DataError, FlowerftError
 from flowerft.evaluate import checkpoint_path, load_model, load_run_config
 from flowerft.predict import Failure, expand_inputs, top_k
@@ -28,7 +29,8 @@ class Explanation:
     path: str
     explained: str  # the class the heatmap is for
     top_k: list[dict[str, Any]]
-    peak: dict[str, float]  # x, y in the photo's pixels; x_fraction, y_fraction of its width and height
+    peak: dict[str, float] | None  # x, y in the photo's pixels, x_fraction, y_fraction of its width and height;
+    # None when nothing in the image counts for the class (the map is 0 everywhere)
     png: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -51,10 +53,11 @@ def load(run_dir: str | Path | None, model_path: str | Path | None):
         load_run_config(run)  # says so when the folder is not a run
         model = load_model(checkpoint_path(run, "best"))
         names = rundir.read_json(run / "class_names.json")
-    size = model.input_shape[1]
-    if size is None or model.input_shape[1] != model.input_shape[2]:
-        raise FlowerftError(f"model {model.name} takes {model.input_shape[1:3]} images; explain needs a fixed square input")
-    return model, names, int(size)
+    height, width = model.input_shape[1:3]
+    if height != width:
+        raise FlowerftError(f"model {model.name} takes {height} x {width} images; explain needs a square input")
+    # A classifier that takes any size (a whole Keras application, say) sees images at the default size.
+    return model, names, int(height or DEFAULTS["image_size"])
 
 
 def _names_beside(path: Path) -> list[str] | None:
@@ -93,13 +96,14 @@ def run(inputs: list[str | Path], run_dir: str | Path | None = None, model_path:
         heat = stretch(maps[0], photo.shape[:2])
         row, column = gradcam.peak(maps[0])
         x_fraction, y_fraction = (column + 0.5) / size, (row + 0.5) / size
+        found = bool(maps[0].max() > 0)
         png = folder / _png_name(file, explanations)
         ranked = top_k(probabilities[0], names, min(k, len(names)))
-        write_png(png, photo, heat, chosen, ranked, file.name)
+        write_png(png, photo, heat, chosen if found else f"no evidence for {chosen}", ranked, file.name)
         explanations.append(Explanation(
             str(file), chosen, ranked,
             {"x": int(x_fraction * width), "y": int(y_fraction * height),
-             "x_fraction": round(x_fraction, 4), "y_fraction": round(y_fraction, 4)}, str(png)))
+             "x_fraction": round(x_fraction, 4), "y_fraction": round(y_fraction, 4)} if found else None, str(png)))
     return explanations, failures
 
 
@@ -152,7 +156,7 @@ def write_png(path: Path, photo: np.ndarray, heat: np.ndarray, explained: str, r
     bars = fig.add_subplot(grid[1, :])
     labels = [r["label"] for r in ranked][::-1]
     values = [r["probability"] for r in ranked][::-1]
-    colours = ["#b3261e" if label == explained else "#5b6570" for label in labels]
+    colours = ["#b3261e" if explained.endswith(label) else "#5b6570" for label in labels]
     bars.barh(labels, values, color=colours)
     for y, value in enumerate(values):  # beside the bar, or inside a long one
         inside = value > 0.85

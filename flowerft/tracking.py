@@ -18,6 +18,7 @@ without tracking.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +43,8 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BA
 def _mlflow():
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # MLflow logs its database set-up ("Creating initial MLflow database tables...") at INFO: noise in a CLI.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:

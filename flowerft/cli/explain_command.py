@@ -19,7 +19,7 @@ def explain(
     model: Annotated[Optional[str], typer.Option(help="A .keras classifier instead of a run (class names from a class_names.json beside it or above checkpoints/).")] = None,
     explained_class: Annotated[Optional[str], typer.Option("--class", help="Show the evidence for this class (default: each image's predicted class).")] = None,
     output: Annotated[str, typer.Option(help="Folder for the PNGs, <image name>_gradcam.png.")] = "explained",
-    as_json: Annotated[bool, typer.Option("--json", help='Print [{"path", "class", "top_k", "peak": {"x", "y", "x_fraction", "y_fraction"}, "png"}] on stdout.')] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print [{"path", "class", "top_k", "peak": {"x", "y", "x_fraction", "y_fraction"} or null, "png"}] on stdout.')] = False,
 ) -> None:
     """Grad-CAM: a heatmap of where each image holds the evidence for its predicted class (or --class)."""
     if model is not None and run_dir is not None:
@@ -40,8 +40,9 @@ def explain(
     else:
         for e in explanations:
             best = e.top_k[0]
-            console.print(f"{e.path}: {best['label']} {best['probability']:.1%}; heatmap for {e.explained} peaks at "
-                          f"({e.peak['x']}, {e.peak['y']}) -> {e.png}", highlight=False, soft_wrap=True)
+            where = f"peaks at ({e.peak['x']}, {e.peak['y']})" if e.peak else "is empty: nothing in the image counts for it"
+            console.print(f"{e.path}: {best['label']} {best['probability']:.1%}; heatmap for {e.explained} {where} "
+                          f"-> {e.png}", highlight=False, soft_wrap=True)
     for failure in failures:
         err_console.print(f"[bold red]Error:[/] {failure.message}", highlight=False, soft_wrap=True)
     if failures:

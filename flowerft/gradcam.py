@@ -66,6 +66,9 @@ class GradCam:
         self.model = model
         self.feature = find_feature_layer(model)
         self.last, self.softmax = _scores_layer(model)
+        # A classifier that outputs logits (a whole Keras application with classifier_activation=None):
+        # its scores are the output, its probabilities their softmax.
+        self.logits = not self.softmax and getattr(self.last, "activation", None) is keras.activations.linear
         layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
         at = layers.index(self.feature.layer)
         self.before, self.head = layers[: at + 1], layers[at + 1:]  # the head: pooling, dropout, Dense
@@ -88,7 +91,7 @@ class GradCam:
             x = layer(x, training=False)
         probabilities = tf.cast(self.last(x, training=False), tf.float32)
         if not self.softmax:
-            return probabilities, probabilities
+            return probabilities, tf.nn.softmax(probabilities) if self.logits else probabilities
         logits = tf.matmul(tf.cast(x, self.last.kernel.dtype), self.last.kernel)
         if self.last.bias is not None:
             logits += self.last.bias
@@ -120,6 +123,8 @@ class GradCam:
         if self.checked:
             return
         expected = np.asarray(self.model(images[:2], training=False), dtype="float32")
+        if self.logits:
+            expected = np.asarray(tf.nn.softmax(expected))
         if not np.allclose(probabilities.numpy()[:2], expected, atol=1e-4):
             raise FlowerftError(f"cannot explain model {self.model.name}: its head is not one chain of layers "
                                 "from the feature map to the class scores")

@@ -114,6 +114,9 @@ def test_a_flat_classifier_is_explained_at_its_last_convolution():
     assert explainer.feature.layer.name == "last_conv" and not explainer.feature.nested
     maps, _ = explainer(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)))
     assert maps.shape == (2, SIZE, SIZE)
+    logits = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))  # no softmax: shown as probabilities
+    maps, probabilities = gradcam.GradCam(logits)(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)))
+    assert maps.shape == (2, SIZE, SIZE) and np.allclose(probabilities.sum(1), 1)
 
 
 def test_a_one_by_one_feature_map_is_refused_with_the_reason():

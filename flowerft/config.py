@@ -25,6 +25,7 @@ CACHE_MODES = ("auto", "memory", "file", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker", "tpu")
 SCHEDULES = ("cosine", "inverse_time")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+TRACKERS = ("none", "mlflow")
 
 # Named recipes: the values each one sets, between the dataclass defaults and a config file.
 # "flowerft" is the dataclass itself (see the comments there for why each value).
@@ -160,6 +161,10 @@ class Config:
     runs_root: str = "runs"
     # Event files for `tensorboard --logdir <run_dir>/tensorboard`.
     tensorboard: bool = True
+    # Also log the run to an experiment tracker (flowerft/tracking.py): "mlflow" (the extra
+    # flowerft[mlflow]) at MLFLOW_TRACKING_URI, else the SQLite store <runs_root>/mlflow.db.
+    # The run dir stays the record: a tracker that cannot be reached only costs a warning.
+    track: str = "none"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -175,6 +180,12 @@ REPRESENTATIVE_IMAGES = 300
 MAX_FLOAT_DISAGREEMENT = 0.005
 # Batch-1 latency is the mean over this many test images (after warm-up calls), not the whole split.
 LATENCY_IMAGES = 100
+
+# --- tracking (flowerft/tracking.py) ---
+# The experiment runs are logged to, unless MLFLOW_EXPERIMENT_NAME names another (MLflow's own variable).
+MLFLOW_EXPERIMENT = "flowerft"
+# The default store, in runs_root: a real SQLite database that `mlflow ui --backend-store-uri` opens.
+MLFLOW_DATABASE = "mlflow.db"
 
 
 def chosen_formats(fmt: str) -> tuple[str, ...]:
@@ -251,6 +262,7 @@ def _check_values(c: Config) -> None:
     need(c.weights != "", "weights", "must be imagenet, none or a weights file")
     need(c.distribute in DISTRIBUTE_MODES, "distribute", f"must be one of {', '.join(DISTRIBUTE_MODES)}")
     need(c.cache in CACHE_MODES, "cache", f"must be one of {', '.join(CACHE_MODES)}")
+    need(c.track in TRACKERS, "track", f"must be one of {', '.join(TRACKERS)}")
     need(c.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}")
     need(c.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
     need(0 <= c.warmup_epochs < math.inf, "warmup_epochs", "must be 0 or more")

@@ -42,6 +42,7 @@ class Example:
     true_probability: float
     path: str | None = None  # the image file, for a folder run
     thumbnail: str | None = None  # data: URI
+    heatmap: str | None = None  # data: URI: the thumbnail under the Grad-CAM map of the predicted class
 
 
 @dataclass
@@ -191,13 +192,34 @@ def _mistakes(page: Page, notify) -> dict[str, list[Example]]:
             worst.append(int(members[probabilities[members, c].argmin()]))
     chosen = {"wrong": [example(int(i)) for i in wrong[:MISTAKES_SHOWN]], "worst": [example(i) for i in worst],
               "wrong_total": len(wrong), "examples": len(labels)}
-    _add_thumbnails(page, [*chosen["wrong"], *chosen["worst"]])
+    _add_thumbnails(page, [*chosen["wrong"], *chosen["worst"]], heatmaps=_explainer(page))
     return chosen
 
 
-def _add_thumbnails(page: Page, examples: list[Example]) -> None:
-    """Each example's image as a small JPEG data: URI: the file of a folder run, else the TFDS test split's image."""
+def _explainer(page: Page):
+    """Grad-CAM of the best checkpoint, or None (the grid then shows the plain thumbnails, and says why)."""
+    from flowerft import gradcam
+
+    try:
+        model = evaluate.load_model(_checkpoint_file(page))
+        return gradcam.GradCam(model), int(model.input_shape[1])
+    except (FlowerftError, Missing) as e:
+        page.warnings.append(f"the mistakes are shown without heatmaps: {e}")
+        return None
+
+
+def _jpeg_uri(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _add_thumbnails(page: Page, examples: list[Example], heatmaps=None) -> None:
+    """Each example's image as a small JPEG data: URI: the file of a folder run, else the TFDS test split's image;
+    with `heatmaps` (a GradCam and its input size), a wrong prediction's heatmap for its predicted class too."""
     from PIL import Image
+
+    from flowerft import data, explain
 
     images: dict[int, Any] = {}
     wanted = {e.index for e in examples}
@@ -209,10 +231,17 @@ def _add_thumbnails(page: Page, examples: list[Example]) -> None:
             if image is None:
                 continue
             image = image.convert("RGB")
+            # At the model's input, resized as the test pipeline resizes it.
+            square = data.resize_image(np.asarray(image), heatmaps[1]).numpy() if heatmaps else None
             image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-            buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=85)
-            e.thumbnail = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+            e.thumbnail = _jpeg_uri(image)
+            if heatmaps and e.predicted != e.true:
+                predicted = page.parts["evaluation"]["class_names"].index(e.predicted)
+                overlay = explain.thumbnail_heatmap(heatmaps[0], square, np.asarray(image), predicted)
+                e.heatmap = _jpeg_uri(Image.fromarray(overlay))
+        except FlowerftError as problem:  # a model Grad-CAM cannot explain: the plain thumbnails stay
+            page.warnings.append(f"the mistakes are shown without heatmaps: {problem}")
+            heatmaps = None
         except OSError:  # the file moved or changed since training: the caption still says which it was
             e.thumbnail = None
 

@@ -40,6 +40,7 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 img.plot { max-width: 100%; height: auto; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 12px; }
 figure { margin: 0; font-size: 13px; } figure img { width: 160px; height: 160px; object-fit: contain; background: #eceff2; border-radius: 4px; }
+figure.pair img { width: 150px; height: 150px; } .grid.pairs { grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); }
 figcaption { word-break: break-all; } .bad { color: #b3261e; } .ok { color: #1e7b34; }
 .missing { color: #8a5a00; background: #fff6e0; border-radius: 6px; padding: 8px 12px; }
 .warnings li { color: #8a5a00; margin-bottom: 4px; } .note { color: #5b6570; font-size: 13px; }
@@ -175,9 +176,11 @@ def _evaluation_part(part) -> str:
 def _figure(x: Example, data_dir: str | None) -> str:
     image = (f'<img src="{x.thumbnail}" alt="{escape(x.path or f"test image {x.index}")}">' if x.thumbnail
              else '<p class="missing">image file missing</p>')
+    if x.heatmap:  # beside the photo: where the model found the evidence for its (wrong) answer
+        image = (f'<div>{image}<img src="{x.heatmap}" alt="Grad-CAM heatmap for {escape(x.predicted)}"></div>')
     verdict = "bad" if x.predicted != x.true else "ok"
     where = escape(_within(x.path, data_dir)) if x.path else f"test image #{x.index}"
-    return (f"<figure>{image}<figcaption>true <b>{escape(x.true)}</b><br>"
+    return (f"<figure{' class=pair' if x.heatmap else ''}>{image}<figcaption>true <b>{escape(x.true)}</b><br>"
             f'<span class="{verdict}">predicted <b>{escape(x.predicted)}</b> <nobr>{x.probability:.1%}</nobr></span><br>'
             f"p(true) {x.true_probability:.1%}<br><small>{where}</small></figcaption></figure>")
 
@@ -201,7 +204,10 @@ def _mistakes_part(part, data_dir: str | None) -> str:
     wrong, total = part["wrong"], part["wrong_total"]
     if wrong:
         html = (f"<h3>Most confident wrong predictions ({len(wrong)} of the {total} wrong, "
-                f"out of {part['examples']} test images)</h3><div class=grid>{''.join(map(figure, wrong))}</div>")
+                f"out of {part['examples']} test images)</h3>"
+                + ("<p class=note>Beside each photo, its Grad-CAM heatmap for the predicted class: where the model found "
+                   "the evidence for its answer (red: most).</p>" if any(x.heatmap for x in wrong) else "")
+                + f"<div class='grid{' pairs' if any(x.heatmap for x in wrong) else ''}'>{''.join(map(figure, wrong))}</div>")
     else:
         html = f"<h3>No wrong predictions on the {part['examples']} test images</h3>"
     html += ("<h3>Worst example of each class</h3><p class=note>The test image of each class to which the model gave "

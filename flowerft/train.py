@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from flowerft import curves, data, distribute, micro_batches, partial, precision, rundir, runlock, source_record, sources, state
 from flowerft.backbones import is_own
+from flowerft import tracking
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.errors import ConfigError, FlowerftError, Interrupted
@@ -227,7 +228,7 @@ def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | Non
     # Normalised as a Config would hold them (1 is 1.0, clipnorm 0 is None), to compare like with like.
     wanted = to_dict(Config(**(to_dict(saved) | given)))
     for key, value in given.items():
-        if key in ("run_dir", "runs_root", "distribute") or (key == "recipe" and "recipe" not in recorded):
+        if key in ("run_dir", "runs_root", "distribute", "track") or (key == "recipe" and "recipe" not in recorded):
             continue  # where a run lives and runs is not how it trains; runs before recipes recorded values only
         if wanted[key] != getattr(saved, key):
             raise FlowerftError(
@@ -235,7 +236,9 @@ def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | Non
                 "run's own options (or none), or start a new run with another --run-dir"
             )
     # A run may resume on other hardware (a multi-GPU run on one GPU): the strategy is today's.
-    return dataclasses.replace(saved, distribute=requested.distribute)
+    # Tracking may be turned on (or off) when a run resumes: it records the run, it does not train it.
+    track = {"track": given["track"]} if "track" in given else {}
+    return dataclasses.replace(saved, distribute=requested.distribute, **track)
 
 
 def run(
@@ -318,6 +321,7 @@ def _train(
         config = Config(**absolute_paths(to_dict(config)))  # the run must work from any folder
         check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
     distribute.check_batch(config, strategy)
+    tracking.check(config)  # --track mlflow without MLflow fails before anything is written
     splits = sources.load_recorded(run_dir, config, ("train", "valid")) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
     # A resumed run takes every weight from its saved state, so it needs no download.
@@ -355,6 +359,11 @@ def _train(
             shown = ", ".join(removed[:6]) + (f" and {len(removed) - 6} more" if len(removed) > 6 else "")
             notify(f"--overwrite: removed the earlier run in {run_dir} ({shown})")
         notify(f"run dir: {run_dir}")
+    # Only the chief tracks; a resumed run continues its MLflow run, first logging the saved epochs it lacks.
+    tracker = tracking.Tracker(config, enabled=distribute.is_chief(strategy), notify=notify)
+    tracker.start(run_dir, tracking.committed_history(run_dir) if resume else [])
+    if tracker.enabled:
+        callbacks = (lambda extra: lambda phase, c: [*extra(phase, c), tracker.callback()])(callbacks)
 
     cache = data.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
     notify(start_line(config, devices(strategy), cache))
@@ -386,6 +395,7 @@ def _train(
         finetune = fine_tune(model, base, train_ds, valid_ds, config, run_dir, callbacks, shuffle_epoch=shuffle_epoch,
                              head=head, resume=ft_progress, **cached_activations)
     except KeyboardInterrupt:
+        tracker.finish(run_dir, status="KILLED")  # `--resume` reopens it
         raise Interrupted(
             f"interrupted; every finished epoch is saved in {run_dir}: continue with "
             f"`flowerft train --resume --run-dir {run_dir}`"
@@ -413,6 +423,7 @@ def _train(
     shutil.rmtree(run_dir / state.STATE, ignore_errors=True)  # finished: nothing left to resume
     if problem := curves.write_after_training(run_dir):
         notify(problem)
+    tracker.finish(run_dir)
     return RunResult(run_dir, metrics)
 
 

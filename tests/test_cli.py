@@ -204,7 +204,7 @@ def test_help_does_not_import_tensorflow():
     code = """
 import sys
 from flowerft.cli import app
-for args in (["--help"], *([c, "--help"] for c in ("train", "evaluate", "predict", "export", "report", "runs"))):
+for args in (["--help"], *([c, "--help"] for c in ("train", "evaluate", "predict", "export", "report", "runs", "explain"))):
     try:
         app(args)
     except SystemExit as e:

@@ -69,9 +69,11 @@ def test_report_evaluates_first_and_embeds_everything(run_copy):
     metrics = json.loads((run_copy / "metrics.json").read_text())
     assert metrics["environment"]["tensorflow"] in text and metrics["environment"]["keras"] in text
     assert f"{metrics['best_val_accuracy']:.1%}" in text
-    # curves + confusion matrix + one thumbnail per wrong prediction (all fit in the grid) + one per class
+    # curves + confusion matrix + one thumbnail per wrong prediction (all fit in the grid) + one per class,
+    # and a heatmap beside each wrong one (test_report_heatmaps.py)
     wrong = evaluation["examples"] - sum(row[i] for i, row in enumerate(evaluation["confusion_matrix"]))
-    assert len(images) == 2 + wrong + 3
+    heatmaps = html.count('alt="Grad-CAM heatmap for')
+    assert heatmaps >= wrong and len(images) == 2 + wrong + 3 + heatmaps
     assert "Missing:" not in text
 
 
@@ -164,4 +166,5 @@ def test_report_of_a_tfds_run_shows_the_test_images_from_the_dataset(run_copy, t
     assert "evaluating" not in result.output  # the images come from the dataset, not a new evaluation
     thumbnails = [src for tag, src in Page(html).sources if tag == "img" and src.startswith("data:image/jpeg")]
     assert re.search(r"test image #\d+", html) and "image file missing" not in html
-    assert len(thumbnails) == html.count("<figure>") >= 3  # every example shown, each class's worst at least
+    # every example shown, each class's worst at least; a wrong one with its heatmap beside it
+    assert len(thumbnails) == html.count("<figure") + html.count('alt="Grad-CAM heatmap for') >= 3

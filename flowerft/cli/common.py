@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flowerft.config import DEFAULTS, RECIPES
 
@@ -26,7 +27,8 @@ def default(key: str) -> str:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message is plain text, and "flowerft[mlflow]" or a path with brackets must print as written.
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -39,6 +39,11 @@ def evaluate(
         show_evaluation(result.report, result.written)
     if result.not_written:
         err_console.print(f"[bold yellow]Warning:[/] {result.not_written}", highlight=False, soft_wrap=True)
+    elif output is None and (split, checkpoint) == ("test", "best"):  # evaluation.json in the run dir
+        from flowerft import tracking
+
+        if problem := tracking.log_outputs(result.report["run_dir"]):  # a run trained with --track
+            err_console.print(f"[bold yellow]Warning:[/] {problem}", highlight=False, soft_wrap=True)
 
 
 def show_evaluation(report: dict, files: list[Path]) -> None:

@@ -42,6 +42,10 @@ def export(
     console.print(f"Written: {result.folder} (export.json, README.md: the model card)", highlight=False, soft_wrap=True)
     if result.problem:
         fail(result.problem)
+    from flowerft import tracking
+
+    if problem := tracking.log_outputs(result.report["run_dir"]):  # a run trained with --track: its model card
+        console.print(f"[bold yellow]Warning:[/] {problem}", highlight=False, soft_wrap=True)
 
 
 def export_table(report: dict) -> Table:

@@ -38,6 +38,10 @@ def report(
     except KeyboardInterrupt:  # nothing half-written: every file is renamed into place
         fail("interrupted", code=130)
     console.print(f"Written: {page}", highlight=False, soft_wrap=True)
+    from flowerft import tracking
+
+    if problem := tracking.log_outputs(page.parent):  # a run trained with --track: the page and evaluation too
+        err_console.print(f"[bold yellow]Warning:[/] {problem}", highlight=False, soft_wrap=True)
     if open_page and not _open(page.resolve().as_uri()):
         err_console.print(f"[bold yellow]Warning:[/] no browser found to open it; open {page} yourself",
                           highlight=False, soft_wrap=True)

@@ -54,6 +54,7 @@ def train(
     distribute: Annotated[Optional[str], typer.Option(
         help="tf.distribute strategy: auto (every GPU when there are several), none, mirrored, multiworker "
         "(the cluster from TF_CONFIG) or tpu; --batch-size is the global batch, split across replicas" + default("distribute"))] = None,
+    track: Annotated[Optional[str], typer.Option(help="Also log the run to an experiment tracker: mlflow (pip install 'flowerft[mlflow]'; the store is MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db) or none" + default("track"))] = None,
     resume: Annotated[bool, typer.Option("--resume", show_default=False, help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch; start it if nothing is saved yet; a finished run is left as it is (exit 0). Safe to re-issue after any crash or preemption.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", show_default=False, help="Replace the run already in --run-dir (it says what it removed).")] = False,
 ) -> None:
@@ -68,6 +69,7 @@ def train(
         labels=labels, tfds_name=tfds, tfds_splits=tfds_splits, hf_dataset=hf_dataset, image_column=image_column,
         label_column=label_column, class_order=class_order,
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None, distribute=distribute,
+        track=track,
     )
     try:
         if resume and overwrite:  # one would silently lose: checked before anything is read

@@ -107,6 +107,7 @@ def head_phase(folder: Path, args, work: Path, repeats: int) -> tuple[float, flo
     from flowerft.backbones import get_backbone
 
     backbone = get_backbone(args.backbone)
+    work.mkdir(parents=True, exist_ok=True)  # runs/latest of these runs goes here, not into the checkout
     ours, plain = [], []
     for i in range(repeats):
         run = work / f"head-{i}"

@@ -293,7 +293,9 @@ def _nothing_trained_yet(run_dir: Path, notify: Callable[[str], None]) -> bool:
         rundir.check_new(run_dir, overwrite=False)  # refuses a folder that is not empty
         notify(f"nothing to resume in {run_dir} yet: starting a new run")
         return False
-    if (run_dir / state.STATE).is_dir() and not any((run_dir / rundir.CHECKPOINTS).glob("*.keras")):
+    # Killed while its run dir was being started (state/ not made yet) or before its first epoch:
+    # with no initial state and no checkpoint, nothing was trained.
+    if not any((run_dir / rundir.CHECKPOINTS).glob("*.keras")):
         notify(f"{run_dir} was stopped before its training began: starting it again")
         return True
     raise FlowerftError(f"{run_dir} holds no saved training state to resume; start it again with --overwrite")

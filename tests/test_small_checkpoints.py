@@ -1,5 +1,6 @@
 """Checkpoints sized to what changed: the head phase saves the head, shipped checkpoints hold no optimizer."""
 
+import dataclasses
 import json
 import shutil
 import zipfile
@@ -8,9 +9,10 @@ import h5py
 import keras
 import numpy as np
 import pytest
+import yaml
 
 from flowerft import state, train
-from flowerft.config import make_config
+from flowerft.config import make_config, to_dict
 from flowerft.errors import FlowerftError, Interrupted
 
 from conftest import make_image_folder
@@ -79,3 +81,16 @@ def test_a_resume_whose_base_is_not_the_one_it_started_from_is_refused(stopped_i
     (run / state.STATE / state.INITIAL).write_text(json.dumps({**recorded, "checksum": "crc32:00000000"}))
     with pytest.raises(FlowerftError, match="cannot resume .* differs from the one the run started with"):
         train.run(config(folder, run), resume=True)
+
+
+def test_a_run_killed_while_its_run_dir_was_started_is_started_again_by_resume(stopped_in_the_head_phase, tmp_path):
+    """benchmarks/kill_anywhere.py found it: killed while writing class_names.json, before state/ existed."""
+    folder, _ = stopped_in_the_head_phase
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(config(folder, run))))
+    resumed = dataclasses.replace(config(folder, run), epochs_head=1, epochs_finetune=0)
+    messages = []
+    result = train.run(resumed, notify=messages.append, resume=True)
+    assert any("was stopped before its training began: starting it again" in m for m in messages)
+    assert result.metrics["phases"]["head"]["epochs_run"] == 1

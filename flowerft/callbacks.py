@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from flowerft.state import save_model_atomic
+from flowerft.state import save_model_atomic, save_weights_atomic
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -67,10 +67,14 @@ class BestCheckpoint(keras.callbacks.Callback):
     `pending` until the caller commits the epoch and moves it into place (state.EpochState),
     so the checkpoint and the recorded best never disagree. An epoch the `guard` stopped for
     divergence is never the best: its validation ran on the diverged weights.
+
+    With `weights_only`, each save is `<stem>-e<epoch>.weights.h5` of `model_to_save` alone (the
+    head, while the base is frozen: kilobytes, not the whole network), which stays in `staging`;
+    state.publish_staged_best writes the full classifier from it once, when the phase ends.
     """
 
     def __init__(self, model_to_save: keras.Model, staging: Path, stem: str, best: float | None = None,
-                 guard: DivergenceGuard | None = None, monitor: str = "val_accuracy"):
+                 guard: DivergenceGuard | None = None, monitor: str = "val_accuracy", weights_only: bool = False):
         super().__init__()
         self.model_to_save = model_to_save
         self.staging = Path(staging)
@@ -78,6 +82,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = best
         self.guard = guard
         self.monitor = monitor
+        self.weights_only = weights_only
         self.pending: Path | None = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -86,8 +91,12 @@ class BestCheckpoint(keras.callbacks.Callback):
             return
         if value is not None and math.isfinite(value) and (self.best is None or value > self.best):
             self.best = float(value)
-            self.pending = self.staging / f"{self.stem}-e{epoch + 1}.keras"
-            save_model_atomic(self.model_to_save, self.pending)
+            if self.weights_only:
+                self.pending = self.staging / f"{self.stem}-e{epoch + 1}.weights.h5"
+                save_weights_atomic(self.model_to_save, self.pending)
+            else:
+                self.pending = self.staging / f"{self.stem}-e{epoch + 1}.keras"
+                save_model_atomic(self.model_to_save, self.pending)
 
 
 class ShuffleEpoch(keras.callbacks.Callback):

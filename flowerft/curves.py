@@ -89,13 +89,3 @@ def write_curves(run_dir: Path, folder: Path | None = None) -> Path | None:
     path = (folder or run_dir) / CURVES
     plot_curves(history, path, best_epoch(run_dir, history), title=run_dir.name)
     return path
-
-
-def write_after_training(run_dir: Path) -> str | None:
-    """write_curves for the end of `train`: a plot that fails must not fail a finished training,
-    so any error becomes a message (`flowerft report` draws the curves again)."""
-    try:
-        write_curves(run_dir)
-    except Exception as e:  # noqa: BLE001 - matplotlib and the file system fail in many ways
-        return f"could not draw {run_dir / CURVES} ({type(e).__name__}: {e}); `flowerft report` tries again"
-    return None

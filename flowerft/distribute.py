@@ -122,7 +122,10 @@ def local_inference(model):
     For features and activations each worker computes for itself: under
     MultiWorkerMirroredStrategy, predict_on_batch gathers every worker's batch into its result.
     """
-    return tf.function(lambda images: model(images, training=False))
+    # One trace for every batch: without a signature, tf.function traces the whole network again
+    # for each new batch shape (an epoch's short last batch) and for each function made.
+    spec = tf.TensorSpec([None, *model.input.shape[1:]], model.input.dtype)
+    return tf.function(lambda images: model(images, training=False), input_signature=[spec])
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -105,7 +105,7 @@ def top_model(model: keras.Model, lower: keras.Model, upper: keras.Model) -> tup
     return extractor, keras.Model(activations, y, name="top")
 
 
-def activations(extractor: keras.Model, ds, n: int, file: Path | None) -> tuple[np.ndarray, tf.Tensor, tf.DType]:
+def activations(extractor: keras.Model, ds, n: int, file: Path | None, extract=None) -> tuple[np.ndarray, tf.Tensor, tf.DType]:
     """Every batch of `ds` through the frozen part: (n activations, labels, their dtype).
 
     Two-byte types are kept as their uint16 bits (numpy has no bfloat16); `file` makes
@@ -115,7 +115,7 @@ def activations(extractor: keras.Model, ds, n: int, file: Path | None) -> tuple[
     dtype = tf.as_dtype(extractor.output.dtype)
     stored = np.uint16 if dtype.size == 2 else dtype.as_numpy_dtype
     values = np.lib.format.open_memmap(file, "w+", stored, shape) if file else np.empty(shape, stored)
-    extract = distribute.local_inference(extractor)
+    extract = extract or distribute.local_inference(extractor)
     labels, at = [], 0
     for images, y in ds:
         out = np.asarray(extract(images))
@@ -168,9 +168,9 @@ def fine_tune_on_activations(
     in_memory = nbytes_fit_in_memory(per_image * (n_train + n_valid), config.cache)
     if not in_memory:
         folder.mkdir(parents=True, exist_ok=True)
-    pipes = []
+    pipes, extract = [], distribute.local_inference(extractor)  # traced once, for both splits
     for split, ds, n, shuffle in (("train", unshuffled_train_ds, n_train, True), ("valid", valid_ds, n_valid, False)):
-        values, labels, dtype = activations(extractor, ds, n, None if in_memory else folder / f"{split}.npy")
+        values, labels, dtype = activations(extractor, ds, n, None if in_memory else folder / f"{split}.npy", extract)
         pipes.append(data.indexed_pipeline(
             values, labels, batch_size=config.batch_size, gather=gather(values, dtype),
             **(dict(shuffle_buffer=config.shuffle_buffer, seed=config.seed, epoch=options["shuffle_epoch"]) if shuffle else {}),

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Column
 from rich.text import Text
 
+from flowerft import precision
 from flowerft.micro_batches import accumulation_steps
 
 # Short names: the full history, with Keras's names and every digit, is in the run's CSVs.
@@ -32,6 +33,14 @@ HEAD_NO_ETA_SHORT = "ETA after head phase"  # fits the row at 80 columns
 DESCRIPTION_WIDTH = 14  # "finetune 10/10"
 BAR_WIDTH = 20
 TIME_WIDTH = 7  # h:mm:ss
+# A run with more than this left says so once, with what would cut it (see cost_line).
+LONG_RUN_SECONDS = 3600
+COST_AFTER_STEPS = 3  # timed fine-tuning steps before the remaining time is worth stating
+# Fine-tuning speed-ups measured by `benchmarks/benchmark.py --part limits` (README, "Fine-tuning
+# at the machine's limit", figure (e): Xception at 224 px, batch 32, a 2-core CPU): the last 4
+# blocks on cached activations 15.70 vs 4.31 img/s (through images, with --augment: 6.86);
+# bfloat16 6.31 vs 4.31 img/s, on a CPU that computes it natively.
+PARTIAL_SPEEDUP, PARTIAL_AUGMENTED_SPEEDUP, BFLOAT16_SPEEDUP = 3.64, 1.59, 1.46
 
 
 def metric_pairs(logs: dict, order=RUNNING_ORDER) -> list[str]:
@@ -134,6 +143,27 @@ class RunClock:
         return f"run {self.epochs_done}/{self.total} epochs" + ("" if waiting == said else f", {waiting}")
 
 
+def about(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"about {minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"about {minutes} min"
+
+
+def cost_line(seconds_left: float | None, config, native_bfloat16: bool) -> str | None:
+    """One line for a run with over an hour left: the time, and the measured options that cut it."""
+    if seconds_left is None or seconds_left <= LONG_RUN_SECONDS:
+        return None
+    options = []
+    if not (config.finetune_blocks or config.finetune_from):
+        factor = PARTIAL_AUGMENTED_SPEEDUP if config.augment else PARTIAL_SPEEDUP
+        options.append(f"--finetune-blocks 4 measured {factor:.1f}x faster")
+    if native_bfloat16 and precision.policy(config) == "float32":
+        options.append(f"--precision bfloat16 {BFLOAT16_SPEEDUP:.1f}x")
+    line = f"{about(seconds_left)} left"
+    if options:
+        line += f"; {', '.join(options)} (Xception, 224 px, 2-core CPU: README 'Fine-tuning at the machine's limit')"
+    return line
+
+
 class FittedMetricsColumn(ProgressColumn):
     """As many whole `name value` pairs as fit beside the other columns; the rest are left out.
 
@@ -196,6 +226,8 @@ class Display:
         self.console = console
         self.clock = RunClock()
         self.said_waiting: str | None = None  # a log says why there is no ETA yet once, not every epoch
+        self.config = None
+        self.cost_checked = False
         self.progress = make_progress(console) if console.is_terminal else None
         if self.progress is not None:
             self.run_task = self.progress.add_task("run", total=None, eta=None, note="")
@@ -208,6 +240,7 @@ class Display:
     def callbacks(self, phase: str, config) -> list[keras.callbacks.Callback]:
         """For train.run; `config` is the run's own (a resumed run's, not the command line's)."""
         self.clock.epochs = {"head": config.epochs_head, "finetune": config.epochs_finetune}
+        self.config = config
         if self.progress is not None:  # "finetune 10/100" must fit whole
             widest = max(len(f"{p} {n}/{n}") for p, n in self.clock.epochs.items())
             self.progress.columns[0].get_table_column().width = max(DESCRIPTION_WIDTH, widest)
@@ -227,6 +260,16 @@ class Display:
             note = self.clock.waiting() or ""
             self.progress.update(self.run_task, total=self.clock.total, completed=self.clock.epochs_done,
                                  eta=self.clock.eta(), note=HEAD_NO_ETA_SHORT if note == HEAD_NO_ETA else note)
+
+    def check_cost(self) -> None:
+        """Once fine-tuning has run a few steps: a long run says what it will cost (cost_line)."""
+        if self.cost_checked or self.clock.phase != "finetune" or self.clock.steps_timed < COST_AFTER_STEPS:
+            return
+        self.cost_checked = True
+        native_bfloat16 = precision.resolve("auto") == "bfloat16"  # a CPU that computes it natively, no GPU
+        line = cost_line(self.clock.eta(), self.config, native_bfloat16)
+        if line:
+            self.notify(line)
 
     def line(self, text: str) -> None:
         """A finished epoch, when the output is not a terminal: plain, whole, at once."""
@@ -275,6 +318,7 @@ class EpochProgress(keras.callbacks.Callback):
             return  # a micro-batch: the batch is not done yet
         self.done += 1
         self.display.clock.end_step()
+        self.display.check_cost()
         if self.task is not None:
             self.display.progress.update(self.task, advance=1, metrics=metric_pairs(logs or {}))
             self.display.update_run()

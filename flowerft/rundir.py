@@ -7,7 +7,7 @@
     <run_dir>/checkpoints/         head_best.keras, finetune_best.keras, final.keras
     <run_dir>/history_<phase>.csv  per-epoch metrics of each phase (and history.json for both)
     <run_dir>/metrics.json         per-phase summary and which checkpoint is best (written last)
-    <run_dir>/curves.png           loss and accuracy per epoch, both phases (flowerft/curves.py)
+    <run_dir>/curves.png           loss and accuracy per epoch, both phases (drawn by `flowerft report`)
     <run_dir>/evaluation.json      `evaluate`: the test report, with confusion_matrix.png and
                                    predictions.json (each test image's probabilities)
     <run_dir>/report.html          `report`: one page on the run (flowerft/report.py)

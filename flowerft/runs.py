@@ -54,7 +54,7 @@ def status(run_dir: Path) -> str:
         return FINISHED
     if runlock.holder(run_dir):  # a `train` holds the run's lock (flowerft/runlock.py)
         return IN_PROGRESS
-    if (run_dir / "state" / "initial.weights.h5").is_file():
+    if any((run_dir / "state" / name).is_file() for name in ("initial.json", "initial.weights.h5")):
         return INTERRUPTED
     return INCOMPLETE
 

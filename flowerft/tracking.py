@@ -3,7 +3,7 @@
     params      the resolved config (config.yaml), once, when the MLflow run is created
     metrics     each finished epoch's loss, accuracy, val_loss, val_accuracy at step = its epoch
                 (counted over both phases); test_* when `evaluate` or `report` runs
-    artifacts   config.yaml, metrics.json, history.json, curves.png, then evaluation.json,
+    artifacts   config.yaml, metrics.json, history.json, then curves.png, evaluation.json,
                 confusion_matrix.png, report.html and the model card (export/README.md)
     <run_dir>/mlflow.json   the store and MLflow run id: `--resume` continues that MLflow run
 
@@ -32,7 +32,7 @@ from flowerft.errors import ConfigError
 
 RECORD = "mlflow.json"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-TRAINING_FILES = ("config.yaml", "metrics.json", "history.json", "curves.png")
+TRAINING_FILES = ("config.yaml", "metrics.json", "history.json")  # curves.png: `report` draws it (OUTPUT_FILES)
 OUTPUT_FILES = ("config.yaml", "curves.png", "evaluation.json", "confusion_matrix.png", "report.html")
 MODEL_CARD = Path("export") / "README.md"  # written by `flowerft export`; logged as model_card.md
 # A server that does not answer must cost seconds, not MLflow's default minutes of retries.

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import curves, data, distribute, micro_batches, partial, precision, rundir, runlock, source_record, sources, state
+from flowerft import data, distribute, micro_batches, partial, precision, rundir, runlock, source_record, sources, state
 from flowerft.backbones import is_own
 from flowerft import tracking
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
@@ -70,8 +70,9 @@ def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, 
     start = time.perf_counter()
     with model.distribute_strategy.scope():  # the head trains under the model's strategy
         extractor = keras.Model(model.input, model.get_layer("avg_pool").output)
-        train_features, train_labels = _features(extractor, unshuffled_train_ds)
-        valid_features, valid_labels = _features(extractor, valid_ds)
+        extract = distribute.local_inference(extractor)  # traced once, for both splits
+        train_features, train_labels = _features(extract, unshuffled_train_ds)
+        valid_features, valid_labels = _features(extract, valid_ds)
         features = keras.Input(shape=(int(train_features.shape[1]),), name="features")
         head = keras.Model(features, model.get_layer("predictions")(features), name="head")  # shares its weights
     train_ds = data.indexed_pipeline(
@@ -85,8 +86,7 @@ def fit_head_on_features(model, unshuffled_train_ds, valid_ds, config, run_dir, 
     return result
 
 
-def _features(extractor: keras.Model, ds) -> tuple[tf.Tensor, tf.Tensor]:
-    extract = distribute.local_inference(extractor)
+def _features(extract: Callable[[tf.Tensor], tf.Tensor], ds) -> tuple[tf.Tensor, tf.Tensor]:
     features, labels = [], []
     for images, y in ds:
         features.append(tf.cast(extract(images), tf.float32))
@@ -150,7 +150,12 @@ def _fit_phase(
         with model.distribute_strategy.scope():
             state.load_fitted(model, run_dir, progress)  # weights, momentum and step count
     guard = DivergenceGuard(config.divergence_factor)
-    best = BestCheckpoint(save or model, run_dir / state.STATE, f"{phase}_best", best=progress.best_val_accuracy, guard=guard)
+    # A head fitted on features stages only its own weights each better epoch (the frozen base is
+    # the run's initial one); the full classifier is written once, when the phase ends.
+    staged = keras.Model(model.inputs, model.outputs) if phase == HEAD and save is not None else None
+    to_save = staged if staged is not None else save if save is not None else model
+    best = BestCheckpoint(to_save, run_dir / state.STATE, f"{phase}_best",
+                          best=progress.best_val_accuracy, guard=guard, weights_only=staged is not None)
     epoch_state = state.EpochState(run_dir, progress, best, guard, published=run_dir / checkpoint)
     callbacks = [ShuffleEpoch(shuffle_epoch), guard, best, epoch_state, *extra(phase, config)]  # see EpochState
     if config.tensorboard:
@@ -166,6 +171,8 @@ def _fit_phase(
                 shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
                 verbose=0,
             )
+    if staged is not None:
+        state.publish_staged_best(run_dir, progress, staged, save, run_dir / checkpoint)
     result.stopped_because = guard.reason or progress.stopped
     result.add_history(progress.history, diverged=result.stopped_because is not None)
     result.wall_time_s = progress.wall_time_s
@@ -304,7 +311,9 @@ def _nothing_trained_yet(run_dir: Path, notify: Callable[[str], None]) -> bool:
         rundir.check_new(run_dir, overwrite=False)  # refuses a folder that is not empty
         notify(f"nothing to resume in {run_dir} yet: starting a new run")
         return False
-    if (run_dir / state.STATE).is_dir() and not any((run_dir / rundir.CHECKPOINTS).glob("*.keras")):
+    # Killed while its run dir was being started (state/ not made yet) or before its first epoch:
+    # with no initial state and no checkpoint, nothing was trained.
+    if not any((run_dir / rundir.CHECKPOINTS).glob("*.keras")):
         notify(f"{run_dir} was stopped before its training began: starting it again")
         return True
     raise FlowerftError(f"{run_dir} holds no saved training state to resume; start it again with --overwrite")
@@ -319,17 +328,21 @@ def _train(
         rundir.check_new(run_dir, overwrite)
         rundir.check_latest(config.runs_root)  # before anything is written
         config = Config(**absolute_paths(to_dict(config)))  # the run must work from any folder
-        check_inputs(config, run_dir)  # a resumed run needs no weights file: its state has them
+        check_inputs(config, run_dir)  # a resumed run's weights file is checked below
     distribute.check_batch(config, strategy)
     tracking.check(config)  # --track mlflow without MLflow fails before anything is written
     splits = sources.load_recorded(run_dir, config, ("train", "valid")) if resume else sources.load(config)
     # Build the model before touching the run dir: a weights problem leaves nothing behind.
-    # A resumed run takes every weight from its saved state, so it needs no download.
+    # A resumed run rebuilds it as it started (state.load_initial checks it), unless its state
+    # holds the initial weights themselves (runs started by earlier versions).
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(precision.policy(config))
     try:
         with strategy.scope():  # the model, and so its optimizer and metrics, belong to the strategy
-            build_config = dataclasses.replace(config, weights="none") if resume else config
+            stored = resume and state.has_initial_weights(run_dir)
+            build_config = dataclasses.replace(config, weights="none") if stored else config
+            if resume:
+                _check_base_weights(run_dir, build_config)
             model, base = build_model(build_config, len(splits.class_names))
             if partial.is_partial(config):
                 partial.split_base(base, config)  # a cut that cannot be made fails before the run dir is touched
@@ -410,7 +423,11 @@ def _train(
     shutil.rmtree(cache_dir, ignore_errors=True)  # a file cache is as large as the data set
 
     final = (Path(rundir.CHECKPOINTS) / "final.keras").as_posix()
-    state.save_model_atomic(model, run_dir / final)
+    last = finetune if finetune.epochs_run else head
+    if last.checkpoint and not last.stopped_because and last.history and last.best_epoch == last.history[-1]["epoch"]:
+        state.copy_atomic(run_dir / last.checkpoint, run_dir / final)  # the last epoch was the best: same model
+    else:
+        state.save_model_atomic(model, run_dir / final)
     metrics = summarize(head, finetune, final, config)
     metrics["class_names"] = splits.class_names
     metrics["precision_policy"] = precision.policy(config)
@@ -421,10 +438,16 @@ def _train(
     rundir.write_json(run_dir / "history.json", head.history + finetune.history)
     rundir.write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / state.STATE, ignore_errors=True)  # finished: nothing left to resume
-    if problem := curves.write_after_training(run_dir):
-        notify(problem)
+    # No curves.png here: drawing it (matplotlib's import alone) took 2-3 s, a tenth of a small
+    # run; `flowerft report` draws it (flowerft/curves.py) from the files just written.
     tracker.finish(run_dir)
     return RunResult(run_dir, metrics)
+
+
+def _check_base_weights(run_dir: Path, config: Config) -> None:
+    if config.weights not in ("imagenet", "none") and not Path(config.weights).is_file():
+        raise FlowerftError(f"cannot resume {run_dir}: it started from the weights file {config.weights}, which is "
+                            "gone; put it back there, or start the run again with --overwrite")
 
 
 def start_line(config: Config, where: str, cache: str) -> str:
@@ -458,6 +481,6 @@ def start_run_dir(run_dir: Path, config: Config, splits: sources.Splits, model: 
         rundir.write_json(run_dir / source_record.SOURCE, splits.record)
     if splits.skipped:
         rundir.write_json(run_dir / "skipped_files.json", splits.skipped)
-    state.save_initial(model, run_dir)
+    state.save_initial(model, run_dir, config.weights)
     rundir.set_latest(run_dir, config.runs_root)  # now, so that `--resume` finds a run that dies
     return removed

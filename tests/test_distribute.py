@@ -186,7 +186,7 @@ def test_two_workers_on_loopback_train_as_one_device_and_only_the_chief_writes(f
     (_, chief, _), (_, other, _) = outputs
     assert summary_rows(chief) == summary_rows(other) and summary_rows(chief)  # the workers agree
     assert history(run) == EXPECTED_EPOCHS
-    for name in ("config.yaml", "metrics.json", "splits.json", "checkpoints/final.keras", "curves.png"):
+    for name in ("config.yaml", "metrics.json", "splits.json", "checkpoints/final.keras"):
         assert (run / name).is_file(), name
     assert not (run / "state").exists()
     assert (tmp_path / "w" / "runs" / "latest").read_text().splitlines()[0] == str(run)  # the chief's pointer only

@@ -69,7 +69,7 @@ def test_a_tracked_run_logs_params_epochs_evaluation_and_artifacts(tracked, stor
         logged = client.get_metric_history(run.info.run_id, key)
         assert sorted((m.step, m.value) for m in logged) == [(row["epoch"], pytest.approx(row[key])) for row in history]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "metrics.json", "history.json", "curves.png"} <= artifacts
+    assert {"config.yaml", "metrics.json", "history.json"} <= artifacts  # curves.png: drawn by report
 
     for command in (["evaluate"], ["report"], ["report"]):  # the same evaluation is logged once
         result = runner.invoke(app, [*command, "--run-dir", str(run_dir)])
@@ -78,7 +78,7 @@ def test_a_tracked_run_logs_params_epochs_evaluation_and_artifacts(tracked, stor
     test_accuracy = client.get_metric_history(run.info.run_id, "test_accuracy")
     assert [(m.value, m.step) for m in test_accuracy] == [(pytest.approx(evaluation["accuracy"]), EPOCHS)]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.html", "confusion_matrix.png", "evaluation.json"} <= artifacts
+    assert {"report.html", "confusion_matrix.png", "evaluation.json", "curves.png"} <= artifacts
     local = client.download_artifacts(run.info.run_id, "report.html", str(tmp_path / "back"))
     assert open(local).read() == (run_dir / "report.html").read_text()
 

@@ -1,0 +1,96 @@
+"""Checkpoints sized to what changed: the head phase saves the head, shipped checkpoints hold no optimizer."""
+
+import dataclasses
+import json
+import shutil
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from flowerft import state, train
+from flowerft.config import make_config, to_dict
+from flowerft.errors import FlowerftError, Interrupted
+
+from conftest import make_image_folder
+from test_exact_resume import StopAfter
+
+
+def config(folder, run):
+    return make_config(data_dir=str(folder), weights="none", backbone="mobilenet", image_size=32, batch_size=4,
+                       epochs_head=3, epochs_finetune=1, run_dir=str(run), tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def stopped_in_the_head_phase(tmp_path_factory):
+    folder = make_image_folder(tmp_path_factory.mktemp("small") / "flowers", per_class=8)
+    run = tmp_path_factory.mktemp("small") / "run"
+    with pytest.raises(Interrupted):
+        train.run(config(folder, run), callbacks=lambda phase, c: [StopAfter(2)])
+    return folder, run
+
+
+def h5_groups(path):
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visit(names.append)
+    return names
+
+
+def test_the_head_phase_state_holds_the_head_and_the_base_by_reference(stopped_in_the_head_phase):
+    folder, run = stopped_in_the_head_phase
+    files = {p.name: p.stat().st_size for p in (run / state.STATE).iterdir()}
+    assert not (run / state.STATE / state.INITIAL_WEIGHTS).exists() and not list((run / state.STATE).glob("*.keras"))
+    assert json.loads((run / state.STATE / state.INITIAL).read_text())["checksum"].startswith("crc32:")
+    progress = state.Progress.load(run)
+    assert progress.best_file.startswith("head_best-e") and progress.best_file in files
+    # The whole classifier (MobileNet at 32 px) is 13 MB; the head and its optimizer a few kB.
+    assert max(files.values()) < 50_000, files
+    assert not (run / "checkpoints" / "head_best.keras").exists()  # written once, when the phase ends
+
+
+def test_the_resumed_run_publishes_the_best_head_on_the_base_and_ships_no_optimizer(stopped_in_the_head_phase, tmp_path):
+    folder, stopped = stopped_in_the_head_phase
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    with h5py.File(run / state.STATE / state.Progress.load(run).best_file, "r") as f:
+        staged = []
+        f.visititems(lambda name, item: staged.append(np.asarray(item)) if isinstance(item, h5py.Dataset) else None)
+    assert sorted(a.shape for a in staged) == [(3,), (1024, 3)]  # the head's kernel and bias, nothing else
+    result = train.run(config(folder, run), resume=True)
+    head_best = keras.saving.load_model(run / "checkpoints" / "head_best.keras", safe_mode=True)
+    assert head_best.input_shape == (None, 32, 32, 3)  # the whole classifier
+    if result.metrics["phases"]["head"]["best_epoch"] <= 2:  # the staged head stayed the best
+        kernel, bias = head_best.get_layer("predictions").get_weights()
+        assert any(np.array_equal(kernel, a) for a in staged) and any(np.array_equal(bias, a) for a in staged)
+    for name in ("head_best.keras", "finetune_best.keras", "final.keras"):
+        with zipfile.ZipFile(run / "checkpoints" / name) as archive:
+            archive.extract("model.weights.h5", tmp_path / name)
+        groups = h5_groups(tmp_path / name / "model.weights.h5")
+        assert groups and not [g for g in groups if g.startswith("optimizer")], name
+
+
+def test_a_resume_whose_base_is_not_the_one_it_started_from_is_refused(stopped_in_the_head_phase, tmp_path):
+    folder, stopped = stopped_in_the_head_phase
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    recorded = json.loads((run / state.STATE / state.INITIAL).read_text())
+    (run / state.STATE / state.INITIAL).write_text(json.dumps({**recorded, "checksum": "crc32:00000000"}))
+    with pytest.raises(FlowerftError, match="cannot resume .* differs from the one the run started with"):
+        train.run(config(folder, run), resume=True)
+
+
+def test_a_run_killed_while_its_run_dir_was_started_is_started_again_by_resume(stopped_in_the_head_phase, tmp_path):
+    """benchmarks/kill_anywhere.py found it: killed while writing class_names.json, before state/ existed."""
+    folder, _ = stopped_in_the_head_phase
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(config(folder, run))))
+    resumed = dataclasses.replace(config(folder, run), epochs_head=1, epochs_finetune=0)
+    messages = []
+    result = train.run(resumed, notify=messages.append, resume=True)
+    assert any("was stopped before its training began: starting it again" in m for m in messages)
+    assert result.metrics["phases"]["head"]["epochs_run"] == 1

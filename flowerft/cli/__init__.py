@@ -25,6 +25,7 @@ def main_options() -> None:
 from flowerft.cli import (  # noqa: E402,F401
     train_command, evaluate_command, predict_command, export_command, report_command, runs_command,
 )
+from flowerft.cli import serve_command  # noqa: E402,F401
 from flowerft.cli.train_command import phase_table  # noqa: E402,F401
 
 

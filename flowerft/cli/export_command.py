@@ -1,4 +1,4 @@
-"""`flowerft export`: a run's model as a SavedModel (TF Serving) and TFLite files, with a verification table."""
+"""`flowerft export`: a run's model as a SavedModel (TF Serving), TFLite and ONNX files, with a verification table."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help=f"{', '.join(EXPORT_FORMATS)} or all.")] = "all",
     output: Annotated[Optional[Path], typer.Option(help="Folder for the exported files (default: RUN_DIR/export).")] = None,
 ) -> None:
-    """Export a run's model for serving (SavedModel) and devices (TFLite), verified on its test split."""
+    """Export a run's model for serving (SavedModel, ONNX) and devices (TFLite), verified on its test split."""
     try:
         import_tensorflow_quietly()
         from flowerft import export as exporting

@@ -1,15 +1,20 @@
-"""Exported models as predictors: a SavedModel folder or a `.tflite` file.
+"""Models as predictors, behind one interface: a SavedModel folder, a `.tflite` file, a `.onnx` file
+or a `.keras` file (a run's checkpoint, or a classifier saved by Keras).
 
-Each is opened with its runtime's own loader (`tf.saved_model.load`, LiteRT's `Interpreter`),
-never through Keras or the `.keras` file, so what works here works for a serving client too.
-Both take uint8 RGB images of the model's size and give class probabilities. The class names
-live inside the SavedModel, and in labels.txt beside a `.tflite` file.
+Each exported file is opened with its runtime's own loader (`tf.saved_model.load`, LiteRT's
+`Interpreter`, onnxruntime's `InferenceSession`), never through Keras or the `.keras` file, so
+what works here works for a serving client too. Every predictor has `class_names`, `image_size`
+and `kind`, and is called with uint8 RGB images [n, size, size, 3] to give class probabilities
+[n, classes]. The class names live inside the SavedModel and the ONNX file, in labels.txt beside
+a `.tflite` file, and in the run's class_names.json (or labels.txt) beside a `.keras` file.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import json
 
 import numpy as np
 import tensorflow as tf
@@ -121,13 +126,85 @@ def read_labels(model_path: Path) -> list[str]:
     return names
 
 
-def load(path: str | Path) -> SavedModelPredictor | TFLitePredictor:
-    """The predictor for `path`: a SavedModel folder (holding saved_model.pb) or a .tflite file."""
+class ONNXPredictor:
+    """A `.onnx` file run by onnxruntime on the CPU; float32 pixels in, probabilities out."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, class_names: list[str] | None = None):
+        import onnxruntime
+
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types
+            raise FlowerftError(f"{path} is not a loadable ONNX model ({first_line(e)}); export it again") from None
+        self.input = self.session.get_inputs()[0]
+        size = self.input.shape[1]
+        if len(self.input.shape) != 4 or not isinstance(size, int) or self.input.shape[3] != 3:
+            raise FlowerftError(f"{path} takes {self.input.shape}, not [n, size, size, 3] images; "
+                                "give a .onnx file that `flowerft export --format onnx` wrote")
+        self.image_size = size
+        stored = self.session.get_modelmeta().custom_metadata_map.get(ONNX_CLASS_NAMES)
+        self.class_names = class_names if class_names is not None else json.loads(stored) if stored else read_labels(path)
+        outputs = self.session.get_outputs()[0].shape[-1]
+        if isinstance(outputs, int) and outputs != len(self.class_names):
+            raise FlowerftError(f"{path} has {outputs} outputs but {len(self.class_names)} class names; "
+                                "export the model again")
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input.name: images.astype(np.float32)})[0]
+
+
+class KerasPredictor:
+    """A Keras classifier (raw RGB pixels in, probabilities out) with its class names."""
+
+    kind = "keras"
+
+    def __init__(self, model, class_names: list[str]):
+        self.model = model
+        self.class_names = class_names
+        self.image_size = int(model.input_shape[1])
+        if int(model.output_shape[-1]) != len(class_names):
+            raise FlowerftError(f"the model has {model.output_shape[-1]} outputs but {len(class_names)} class names; "
+                                f"give the {LABELS_FILE} or run folder that goes with it")
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(images.astype(np.float32)))
+
+    @classmethod
+    def from_file(cls, path: Path) -> "KerasPredictor":
+        from flowerft.evaluate import load_model  # Keras's loader with safe_mode and a one-line error
+
+        return cls(load_model(path), keras_class_names(path))
+
+
+# The key of the class names (a JSON list) in a .onnx file's metadata_props.
+ONNX_CLASS_NAMES = "class_names"
+
+
+def keras_class_names(path: Path) -> list[str]:
+    """labels.txt beside the file, else the class_names.json of the run it is a checkpoint of."""
+    if (path.parent / LABELS_FILE).is_file():
+        return read_labels(path)
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "class_names.json").is_file():
+            return json.loads((folder / "class_names.json").read_text(encoding="utf-8"))
+    raise FlowerftError(f"{path} has no {LABELS_FILE} beside it and is not in a run folder with class_names.json; "
+                        f"write the class names, one a line in label order, to {path.parent / LABELS_FILE}")
+
+
+Predictor = SavedModelPredictor | TFLitePredictor | ONNXPredictor | KerasPredictor
+
+
+def load(path: str | Path) -> Predictor:
+    """The predictor for `path`: a SavedModel folder (holding saved_model.pb), a .tflite, .onnx or .keras file."""
     path = Path(path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return SavedModelPredictor(path)
-    if path.is_file() and path.suffix == ".tflite":
-        return TFLitePredictor(path)
-    what = ("does not exist" if not path.exists() else
-            "is a folder without saved_model.pb" if path.is_dir() else "is neither a .tflite file nor a SavedModel folder")
-    raise FlowerftError(f"model {path} {what}; give the savedmodel folder or a .tflite file that `flowerft export` wrote")
+    files = {".tflite": TFLitePredictor, ".onnx": ONNXPredictor, ".keras": KerasPredictor.from_file}
+    if path.is_file() and path.suffix in files:
+        return files[path.suffix](path)
+    what = ("does not exist" if not path.exists() else "is a folder without saved_model.pb" if path.is_dir()
+            else "is not a .tflite, .onnx or .keras file nor a SavedModel folder")
+    raise FlowerftError(f"model {path} {what}; give the savedmodel folder or a .tflite, .onnx or .keras file "
+                        "that `flowerft export` or `train` wrote")

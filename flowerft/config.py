@@ -172,7 +172,7 @@ class Config:
 
 
 # --- `flowerft export` (not part of a run: an export reads the run and writes beside it) ---
-EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8")
+EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
 # int8 calibration: a few hundred training images pin each activation's range; more only cost time.
 REPRESENTATIVE_IMAGES = 300
 # A float format (SavedModel, float32, float16 TFLite) may round a near-tie the other way, no more:
@@ -195,6 +195,22 @@ def chosen_formats(fmt: str) -> tuple[str, ...]:
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)} or all, got {fmt!r}")
     return (fmt,)
+
+
+# --- `flowerft serve` ---
+# TF Serving's REST port and the model name of the README's TF Serving example, so that a client
+# moves between the two unchanged.
+SERVE_HOST, SERVE_PORT, SERVE_MODEL_NAME = "127.0.0.1", 8501, "flowerft"
+# A request's body: a dozen phone photos (3-5 MB each as JPEG, a third more as base64) fit.
+SERVE_MAX_MB = 64
+SERVE_MAX_IMAGES = 32
+# Decoded, 50 megapixels take 150 MB: a larger image (or a "decompression bomb", a small file that
+# decodes to gigabytes) is refused before it is decoded.
+SERVE_MAX_PIXELS = 50_000_000
+# Requests waiting while the model is busy are run together, up to this many images in one call:
+# batches amortise the per-call cost, and no request waits for others when the model is idle.
+SERVE_MAX_BATCH = 32
+SERVE_TOP_K = 3
 
 
 FIELDS = {f.name for f in dataclasses.fields(Config)}

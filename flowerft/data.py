@@ -69,6 +69,17 @@ def read_image(path: str | Path, image_size: int) -> tf.Tensor:
         raise DataError(f"{path}: cannot be read: {e.message.splitlines()[0]}") from None
 
 
+def image_from_bytes(contents: bytes, image_size: int) -> tf.Tensor:
+    """Encoded bytes (an upload, a request's base64) -> uint8 [image_size, image_size, 3], as read_image does.
+
+    Raises DataError with the reason (empty, not an image, corrupt) when they do not decode.
+    """
+    try:
+        return resize_image(decode_image(tf.constant(contents, tf.string)), image_size)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        raise DataError(_decode_problem(e.message)) from None
+
+
 def _decode_problem(message: str) -> str:
     if "Input is empty" in message:
         return "the file is empty (0 bytes)"

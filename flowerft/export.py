@@ -4,7 +4,8 @@
     <output>/model.tflite         float32
     <output>/model_fp16.tflite    float16 weights (computed in float32)
     <output>/model_int8.tflite    full-integer int8: uint8 pixels in, uint8 probabilities out
-    <output>/labels.txt           the class names, one a line in label order, for the TFLite files
+    <output>/model.onnx           float32 pixels in, probabilities out, for onnxruntime (class names in its metadata)
+    <output>/labels.txt           the class names, one a line in label order, for the TFLite and ONNX files
     <output>/export.json          the verification table
     <output>/README.md            the model card
 
@@ -32,7 +33,7 @@ import tensorflow as tf
 
 from flowerft import data, model_card, rundir, source_record, sources
 from flowerft.artifacts import (BYTES_INPUT, BYTES_SIGNATURE, IMAGES_INPUT, IMAGES_SIGNATURE, LABELS_FILE,
-                                SavedModelPredictor, TFLitePredictor)
+                                ONNX_CLASS_NAMES, ONNXPredictor, SavedModelPredictor, TFLitePredictor)
 from flowerft.config import (EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, REPRESENTATIVE_IMAGES,
                              Config, chosen_formats)
 from flowerft.errors import FlowerftError
@@ -40,9 +41,9 @@ from flowerft.evaluate import checkpoint_path, load_model, load_run_config
 from flowerft.model import all_layers, build_model
 
 FILES = {"savedmodel": "savedmodel", "tflite": "model.tflite", "tflite-fp16": "model_fp16.tflite",
-         "tflite-int8": "model_int8.tflite"}
+         "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
 # The rows that must give the .keras model's answers; int8 shows what quantization costs instead.
-FLOAT_ROWS = ("savedmodel", "savedmodel-bytes", "tflite", "tflite-fp16")
+FLOAT_ROWS = ("savedmodel", "savedmodel-bytes", "tflite", "tflite-fp16", "onnx")
 # The first calls of a model trace, allocate and warm caches: not what a served model costs.
 WARMUP_CALLS = 3
 
@@ -164,6 +165,26 @@ def representative_dataset(splits: sources.Splits, config: Config, n: int) -> Ca
     return generate
 
 
+def onnx_bytes(model: keras.Model, class_names: list[str], image_size: int) -> bytes:
+    """The model as ONNX through Keras's own exporter (tf2onnx underneath), the class names in its metadata."""
+    import json
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="flowerft-onnx-") as tmp:
+        file = Path(tmp) / FILES["onnx"]
+        try:
+            model.export(str(file), format="onnx", verbose=False, input_signature=[
+                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=IMAGES_INPUT)])
+        except Exception as e:  # tf2onnx raises many types, with pages of graph dumps
+            raise FlowerftError(f"ONNX conversion failed ({str(e).strip().splitlines()[0][:200]}); "
+                                "export the other formats with --format") from None
+        proto = onnx.load(str(file))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_CLASS_NAMES, json.dumps(class_names)
+    return proto.SerializeToString()
+
+
 # --------------------------------------------------------------------------- verifying them
 
 
@@ -238,7 +259,15 @@ def machine() -> dict[str, Any]:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "litert": importlib.metadata.version("ai-edge-litert"),
+        "onnxruntime": installed("onnxruntime"),
     }
+
+
+def installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # --------------------------------------------------------------------------- the command
@@ -289,9 +318,13 @@ def run(
         write_savedmodel(serving_archive(model, splits.class_names, size), folder / FILES["savedmodel"])
         written.append(folder / FILES["savedmodel"])
     tflite_formats = [f for f in formats if f.startswith("tflite")]
-    if tflite_formats:
+    if tflite_formats or "onnx" in formats:
         rundir.write_atomic(folder / LABELS_FILE, "".join(f"{name}\n" for name in splits.class_names))
         written.append(folder / LABELS_FILE)
+    if "onnx" in formats:
+        rundir.write_atomic(folder / FILES["onnx"], onnx_bytes(model, splits.class_names, size))
+        written.append(folder / FILES["onnx"])
+    if tflite_formats:
         with tempfile.TemporaryDirectory(prefix="flowerft-export-") as tmp:
             float_savedmodel(model, size, Path(tmp))
             representative = representative_dataset(splits, config, representative_images)
@@ -311,6 +344,8 @@ def run(
             rows.append(measure("savedmodel-bytes", folder / FILES[f],
                                 lambda items: served.from_bytes(list(items))["probabilities"],
                                 encoded, labels, batch, reference)[0])
+        elif f == "onnx":
+            rows.append(measure(f, folder / FILES[f], ONNXPredictor(folder / FILES[f]), images, labels, batch, reference)[0])
         else:
             lite = TFLitePredictor(folder / FILES[f], splits.class_names)
             rows.append(measure(f, folder / FILES[f], lite, images, labels, batch, reference)[0])

@@ -18,6 +18,7 @@ WHAT = {
     "tflite": "TFLite float32",
     "tflite-fp16": "TFLite float16 weights",
     "tflite-int8": "TFLite full-integer int8",
+    "onnx": "ONNX (onnxruntime)",
 }
 SCALING = {
     "tf": "to [-1, 1] (x / 127.5 - 1)",
@@ -101,6 +102,7 @@ RGB images of {size} x {size} pixels, values 0-255, no normalisation: the model 
   WebP images of any size (TF Serving's REST API takes them as `{{"b64": ...}}`), decoded and resized inside
   the model as below.
 - `model.tflite`, `model_fp16.tflite`: float32 [1, {size}, {size}, 3], the same 0-255 values.
+- `model.onnx`: input `images`, float32 [batch, {size}, {size}, 3], the same 0-255 values.
 {int8_input(report, size)}
 
 ## Preprocessing (the same as in training)
@@ -115,6 +117,8 @@ this; for the other inputs do it before calling the model.
 - SavedModel: `probabilities` (float32 [batch, {len(names)}], in class order), `label` (string, the
   top class) and `score` (its probability).
 - TFLite: the probabilities only (float32; uint8 in steps of 1/256 for int8), in the order of `{LABELS_FILE}`.
+- ONNX: the probabilities only (float32 [batch, {len(names)}]); the class names are also in the file's
+  metadata (`class_names`, a JSON list).
 
 ## Data and training
 

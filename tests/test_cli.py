@@ -204,7 +204,7 @@ def test_help_does_not_import_tensorflow():
     code = """
 import sys
 from flowerft.cli import app
-for args in (["--help"], *([c, "--help"] for c in ("train", "evaluate", "predict", "export", "report", "runs", "explain"))):
+for args in (["--help"], *([c, "--help"] for c in ("train", "evaluate", "predict", "export", "report", "runs", "explain", "serve"))):
     try:
         app(args)
     except SystemExit as e:
@@ -212,7 +212,7 @@ for args in (["--help"], *([c, "--help"] for c in ("train", "evaluate", "predict
 print("tensorflow" in sys.modules, "keras" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "--resume" in out.stdout and "--top-k" in out.stdout  # the helps were printed
+    assert "--resume" in out.stdout and "--top-k" in out.stdout and "--max-mb" in out.stdout  # the helps were printed
     assert out.stdout.strip().splitlines()[-1] == "False False"
 
 

@@ -27,7 +27,7 @@ from conftest import make_image_folder, one_line_error
 
 runner = CliRunner()
 SIZE = 32
-FORMATS = ["keras", "savedmodel", "savedmodel-bytes", "tflite", "tflite-fp16", "tflite-int8"]
+FORMATS = ["keras", "savedmodel", "savedmodel-bytes", "tflite", "tflite-fp16", "tflite-int8", "onnx"]
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,9 @@ def test_export_writes_every_format_and_the_verification_table(exported):
     assert 0.45 < sizes["tflite-fp16"] / sizes["tflite"] < 0.55 and 0.2 < sizes["tflite-int8"] / sizes["tflite"] < 0.3
     assert (folder / "labels.txt").read_text() == "daisy\ndandelion\nroses\n"
     card = (folder / "README.md").read_text()
-    assert "0. daisy" in card and "serving_bytes" in card and card.count("| TFLite") == 3
+    assert "0. daisy" in card and "serving_bytes" in card and card.count("| TFLite") == 3 and "| ONNX" in card
+    # float32 weights, like model.tflite, within the graph's own small overhead
+    assert 0.9 < sizes["onnx"] / sizes["tflite"] < 1.2 and report["machine"]["onnxruntime"]
     for fmt in FORMATS:
         assert fmt in output
     assert "Written:" in output
@@ -169,8 +171,23 @@ def test_tflite_files_answer_like_the_keras_model_with_their_own_weights(exporte
         assert "float16" not in types and "int8" not in types
 
 
+def test_onnx_file_answers_like_the_keras_model_in_onnxruntime_and_carries_its_class_names(exported, reference):
+    import onnx
+    import onnxruntime
+
+    path = exported[0] / "export" / "model.onnx"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # not our loader
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "images" and inp.type == "tensor(float)" and inp.shape[1:] == [SIZE, SIZE, 3]
+    got = session.run(None, {"images": reference.images.astype(np.float32)})[0]
+    np.testing.assert_allclose(got, reference.expected, atol=1e-5)
+    meta = {e.key: e.value for e in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["class_names"]) == ["daisy", "dandelion", "roses"]
+
+
 @pytest.mark.parametrize("model, atol", [
     ("savedmodel", 1e-5), ("model.tflite", 1e-5), ("model_fp16.tflite", 1e-2), ("model_int8.tflite", 0.1),
+    ("model.onnx", 1e-5), ("../checkpoints/head_best.keras", 1e-6),
 ])
 def test_predict_with_an_exported_model_gives_the_runs_answers(exported, reference, model, atol):
     run, files = exported[0], reference.files
@@ -226,7 +243,7 @@ def run_without_checkpoints(tmp, run):
 
 @pytest.mark.parametrize("args, message", [
     (lambda t, r: ["export", "--run-dir", str(r), "--format", "nosuch"],
-     "format must be one of savedmodel, tflite, tflite-fp16, tflite-int8 or all, got 'nosuch'"),
+     "format must be one of savedmodel, tflite, tflite-fp16, tflite-int8, onnx or all, got 'nosuch'"),
     (lambda t, r: ["export", "--run-dir", str(run_without_checkpoints(t, r))], "checkpoints/head_best.keras is missing"),
     (lambda t, r: ["export", "--run-dir", str(r), "--output", file_with(t / "f")],
      "it is a file; give another --output"),
@@ -240,8 +257,15 @@ def run_without_checkpoints(tmp, run):
      "has no labels.txt beside it"),
     (lambda t, r: ["predict", "x.jpg", "--model", file_with(t / "m.tflite", "no model")],
      "is not a loadable TFLite model"),
+    (lambda t, r: ["predict", "x.jpg", "--model", file_with(t / "m.onnx", "no model")],
+     "is not a loadable ONNX model"),
+    (lambda t, r: ["predict", "x.jpg", "--model", str(shutil.copy(r / "checkpoints" / "head_best.keras", t))],
+     "is not in a run folder with class_names.json"),
+    (lambda t, r: ["predict", "x.jpg", "--model", file_with(t / "m.h5", "no model")],
+     "is not a .tflite, .onnx or .keras file nor a SavedModel folder"),
 ], ids=["unknown format", "run without checkpoint", "output is a file", "output under a file", "missing model",
-        "folder that is no SavedModel", "model and run dir", "tflite without labels", "broken tflite"])
+        "folder that is no SavedModel", "model and run dir", "tflite without labels", "broken tflite", "broken onnx",
+        "keras without class names", "other file"])
 def test_bad_input_is_one_line(exported, tmp_path, args, message):
     run, _ = exported
     line = one_line_error(runner.invoke(app, args(tmp_path, run)))
@@ -287,3 +311,24 @@ def test_a_mixed_precision_run_exports_to_tflite_in_float32(tmp_path):
     table = json.loads((run / "export" / "export.json").read_text())
     assert [row["format"] for row in table["formats"]] == ["keras", "tflite"] and table["verified"], table
     assert table["formats"][1]["agreement"] == 1.0
+
+
+@pytest.mark.parametrize("model, atol", [("savedmodel", 1e-5), ("model.tflite", 1e-5), ("model.onnx", 1e-5)])
+def test_serve_takes_each_exported_model_and_answers_as_tf_serving_would(exported, served, reference, model, atol):
+    import base64
+
+    import requests
+
+    from server_process import ServerProcess
+
+    files = reference.files
+    expected = served.signatures["serving_bytes"](image_bytes=tf.constant([Path(f).read_bytes() for f in files]))
+    server = ServerProcess("--model", str(exported[0] / "export" / model), "--model-name", "shoes")
+    try:
+        body = {"signature_name": "serving_bytes",
+                "instances": [{"image_bytes": {"b64": base64.b64encode(Path(f).read_bytes()).decode()}} for f in files]}
+        rows = requests.post(f"{server.url}/v1/models/shoes:predict", json=body, timeout=60).json()["predictions"]
+    finally:
+        server.stop()
+    np.testing.assert_allclose([r["probabilities"] for r in rows], expected["probabilities"].numpy(), atol=atol)
+    assert [r["label"] for r in rows] == [label.decode() for label in expected["label"].numpy()]

@@ -45,6 +45,7 @@ from flowerft.cli import (  # noqa: E402,F401
 from flowerft.cli import configs_command  # noqa: E402,F401
 from flowerft.cli import backbones_command  # noqa: E402,F401
 from flowerft.cli import explain_command  # noqa: E402,F401
+from flowerft.cli import serve_command  # noqa: E402,F401
 from flowerft.cli.train_command import phase_table  # noqa: E402,F401
 
 

@@ -1,4 +1,4 @@
-"""`flowerft export`: a run's model as a SavedModel (TF Serving) and TFLite files, with a verification table."""
+"""`flowerft export`: a run's model as a SavedModel (TF Serving), TFLite and ONNX files, with a verification table."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def export(
     fmt: Annotated[str, typer.Option("--format", show_default=False, help=f"{', '.join(EXPORT_FORMATS)} or all (default: all).")] = "all",
     output: Annotated[Optional[Path], typer.Option(help="Folder for the exported files (default: RUN_DIR/export).")] = None,
 ) -> None:
-    """Export a run's model for serving (SavedModel) and devices (TFLite), verified on its test split."""
+    """Export a run's model for serving (SavedModel, ONNX) and devices (TFLite), verified on its test split."""
     try:
         formats = chosen_formats(fmt)  # what can be checked before TensorFlow's import (seconds)
         check_run_exists(run_dir)

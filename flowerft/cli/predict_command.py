@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import sys
+from itertools import chain
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -22,13 +27,20 @@ def predict(
     images: Annotated[list[str], typer.Argument(help="Image files and folders (a folder means every image in it).")],
     run_dir: Annotated[Optional[str], typer.Option(help="Run whose model predicts (default: the one runs/latest names).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="best or final (default: best).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="An exported model instead of a run: a SavedModel folder or a .tflite file.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A model instead of a run: a SavedModel folder or a .tflite, .onnx or .keras file.")] = None,
     top_k: Annotated[int, typer.Option(show_default=False, help="How many classes to list per image (default: 3).")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help='Print [{"path", "top_k": [{"label", "probability"}]}] on stdout.')] = False,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write one row per image to this CSV file (path, label_1, probability_1, ..., error), as they come.")] = None,
+    jsonl_path: Annotated[Optional[Path], typer.Option("--jsonl", help='Write one JSON line per image to this file ({"path", "top_k"} or {"path", "error"}).')] = None,
 ) -> None:
     """Predict the class of image files with a trained run's model, or with a model it exported."""
     if model is not None and (run_dir is not None or checkpoint is not None):
         fail(f"--model {model} is a model already: give it without --run-dir and --checkpoint")
+    if sum(x is not None and x is not False for x in (csv_path, jsonl_path, as_json or None)) > 1:
+        fail("give one of --csv, --jsonl and --json")
+    if csv_path is not None or jsonl_path is not None:
+        predict_to_file(images, run_dir, checkpoint, model, top_k, csv_path or jsonl_path, "csv" if csv_path else "jsonl")
+        return
     try:
         if model is None:
             check_run_exists(run_dir)
@@ -52,6 +64,49 @@ def predict(
         err_console.print(f"[bold red]Error:[/] {failure.message}", highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
+
+
+def predict_to_file(images, run_dir, checkpoint, model, top_k, out_path: Path, fmt: str) -> None:
+    """Every image's row written as it is predicted (constant memory), with a progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    counts = {"predicted": 0, "failed": 0}
+    try:
+        import_tensorflow_quietly()
+        from flowerft import predict as prediction
+
+        with native_stderr_silenced():
+            predictor, batch_size, files, failures, k = prediction.prepare(images, run_dir, checkpoint or "best", top_k, model)
+        try:
+            out = open(out_path, "w", newline="", encoding="utf-8")
+        except OSError as e:
+            fail(f"cannot write {out_path}: {e.strerror or e}; give another path")
+        columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with out, bar_console() as bar, Progress(*columns, console=bar, transient=True) as progress, \
+                native_stderr_silenced():
+            task = progress.add_task("predict", total=len(files) + len(failures))
+            for result in prediction.write_rows(chain(failures, prediction.stream(files, predictor, batch_size, k)), out, fmt, k):
+                counts["failed" if isinstance(result, prediction.Failure) else "predicted"] += 1
+                progress.advance(task)
+    except FlowerftError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail(f"interrupted; {out_path} holds the rows of the first {sum(counts.values())} images", code=130)
+    failed = f", {counts['failed']} could not be read (the error column says why)" if counts["failed"] else ""
+    err_console.print(f"{counts['predicted']} images predicted{failed}: {out_path}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def bar_console():
+    """A console on a copy of stderr's descriptor: stderr itself is silenced while libjpeg and
+    TensorFlow would write about each broken file (its row says why instead)."""
+    try:
+        stream = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+    except (OSError, ValueError):  # stderr is no file (a test's CliRunner): no bar to keep visible
+        yield err_console
+        return
+    with stream:
+        yield Console(file=stream, stderr=True)
 
 
 def prediction_table(predictions, k: int) -> Table:

@@ -25,6 +25,10 @@ class Interrupted(FlowerftError):
     """Training was stopped with Ctrl-C; the message says how to resume."""
 
 
+class WorkerLost(FlowerftError):
+    """A multi-worker run lost a peer; every finished epoch is saved, the message says how to restart."""
+
+
 class EvaluationFailed(FlowerftError):
     """`report` wrote its page, but evaluating the run for it failed (`page` says where the page is)."""
 

@@ -24,7 +24,7 @@ from flowerft.backbones import is_own
 from flowerft import tracking
 from flowerft.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
-from flowerft.errors import ConfigError, FlowerftError, Interrupted
+from flowerft.errors import ConfigError, FlowerftError, Interrupted, WorkerLost
 from flowerft.model import batchnorm_learns, build_model, compile_for_phase, freeze_base
 from flowerft.state import Progress
 from flowerft.summary import PhaseResult, summarize
@@ -416,7 +416,7 @@ def _train(
     except distribute.LOST_WORKER_ERRORS as e:
         if not distribute.is_multi_worker(strategy):
             raise
-        raise FlowerftError(
+        raise WorkerLost(
             f"lost another worker ({type(e).__name__}: {str(e).splitlines()[0][:120]}); every finished epoch is "
             "saved in the chief's run dir: restart every worker with the same command and --resume"
         ) from None

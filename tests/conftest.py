@@ -117,8 +117,14 @@ def tiny_base_under_head(residual: bool = False):
     """tiny_backbone at any fixture scope (module and session fixtures cannot take monkeypatch)."""
     from flowerft import model
 
+    def make_base(backbone, image_size, weights):
+        base = tiny_base(image_size, residual)
+        if weights not in ("none", "imagenet"):  # a "pretrained" tiny base a test saved (BatchNorm then stays frozen)
+            base.load_weights(weights)
+        return base
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size, residual))
+        patch.setattr(model, "make_base", make_base)
         yield
 
 

@@ -25,6 +25,15 @@ from conftest import assert_trained, make_image_folder, one_line_error, tiny_bas
 runner = CliRunner()
 TRAIN = ["--weights", "none", "--backbone", "mobilenet", "--image-size", "32", "--batch-size", "4",
          "--epochs-head", "2", "--epochs-finetune", "2"]
+
+
+def pretrained(folder: Path) -> list[str]:
+    """TRAIN from a "pretrained" tiny base (its weights file beside `folder`): BatchNorm stays frozen.
+
+    From scratch (--weights none) BatchNorm learns each replica's batch statistics, which differ
+    from the whole batch's: only pretrained runs (the README's claim) equal one device.
+    """
+    return ["--weights", str(folder.parent / "tiny_pretrained.weights.h5"), *TRAIN[2:]]
 EXPECTED_EPOCHS = [("head", 1), ("head", 2), ("finetune", 3), ("finetune", 4)]
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -55,14 +64,21 @@ with tiny_base_under_head():
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     # 36 training images and 6 validation ones: every batch of 4 splits evenly in two.
-    return make_image_folder(tmp_path_factory.mktemp("distribute") / "flowers", per_class=16)
+    folder = make_image_folder(tmp_path_factory.mktemp("distribute") / "flowers", per_class=16)
+    import keras
+
+    from conftest import tiny_base
+
+    keras.utils.set_random_seed(7)
+    tiny_base(32).save_weights(folder.parent / "tiny_pretrained.weights.h5")
+    return folder
 
 
 @pytest.fixture(scope="module")
 def one_device(folder, tmp_path_factory):
     run = tmp_path_factory.mktemp("one") / "run"
     with tiny_base_under_head():
-        result = runner.invoke(app, ["train", "--data-dir", str(folder), *TRAIN, "--distribute", "none", "--run-dir", str(run)])
+        result = runner.invoke(app, ["train", "--data-dir", str(folder), *pretrained(folder), "--distribute", "none", "--run-dir", str(run)])
     assert result.exit_code == 0, result.output
     assert_trained(run)  # the base and the head learned from their start: equal weights compare something
     return run
@@ -87,7 +103,7 @@ def history(run):
 
 def test_two_mirrored_replicas_give_the_weights_of_one_device(folder, one_device, tmp_path):
     run = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-c", MIRRORED, "train", "--data-dir", str(folder), *TRAIN,
+    out = subprocess.run([sys.executable, "-c", MIRRORED, "train", "--data-dir", str(folder), *pretrained(folder),
                           "--distribute", "mirrored", "--run-dir", str(run)],
                          capture_output=True, text=True, env=QUIET, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -119,7 +135,7 @@ def start_workers(folder, run, cwd, *extra):
     for index in range(2):
         env = {**QUIET, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         workers.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, "train", "--data-dir", str(folder), *TRAIN, "--distribute", "multiworker",
+            [sys.executable, "-c", WORKER, "train", "--data-dir", str(folder), *pretrained(folder), "--distribute", "multiworker",
              "--run-dir", str(run), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd))
     return workers

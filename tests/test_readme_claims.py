@@ -38,7 +38,7 @@ def latest(tmp_path_factory):
     finally:
         os.chdir(previous)
     assert result.exit_code == 0, result.output
-    run = root / "runs" / (root / "runs" / "latest").read_text().strip().rsplit("/", 1)[-1]
+    run = root / "runs" / (root / "runs" / "latest").read_text().splitlines()[0].rsplit("/", 1)[-1]
     return root, run, result.output
 
 

@@ -32,6 +32,17 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def report_and_exit_now(message: str, code: int = 1) -> None:
+    """`fail`, then leave at once (os._exit): for a process whose runtime is broken beyond a clean shutdown."""
+    try:
+        fail(message, code)
+    except typer.Exit:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @contextlib.contextmanager
 def native_stderr_silenced():
     """Point stderr's file descriptor at /dev/null: C libraries (TensorFlow's logging, libjpeg)

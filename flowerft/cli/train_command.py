@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from flowerft.config import PRECISIONS, RECIPES, given_values, resolve
-from flowerft.errors import FlowerftError, Interrupted
+from flowerft.errors import FlowerftError, Interrupted, WorkerLost
 from flowerft.cli import app
-from flowerft.cli.common import console, default, fail, import_tensorflow_quietly, native_stderr_silenced, num, pct
+from flowerft.cli.common import console, default, fail, report_and_exit_now, import_tensorflow_quietly, native_stderr_silenced, num, pct
 
 
 @app.command()
@@ -30,7 +30,7 @@ def train(
     weights: Annotated[Optional[str], typer.Option(help="Base weights: imagenet, a '_notop' weights file (Keras 3 .weights.h5 or legacy Keras 2 .h5), or none (from scratch: no head phase, BatchNorm learns)" + default("weights"))] = None,
     backbone: Annotated[Optional[str], typer.Option(help="A built-in backbone (`flowerft backbones` lists them), a .keras model file (a classifier or a base), or a KerasHub preset (folder, hf://..., kaggle://...)" + default("backbone"))] = None,
     backbone_layer: Annotated[Optional[str], typer.Option(help="With your own backbone: the layer whose output is the features (default: the one below its top)")] = None,
-    pixel_scaling: Annotated[Optional[str], typer.Option(help="With your own backbone that has no scaling layer: what its weights expect, tf ([-1, 1]), caffe, torch or none")] = None,
+    pixel_scaling: Annotated[Optional[str], typer.Option(help="With your own backbone that has no scaling layer: what its weights expect, tf ([-1, 1]), caffe, torch or none (default: the scaling layer the model has)")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size" + default("image_size"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per training step" + default("batch_size"))] = None,
     epochs_head: Annotated[Optional[int], typer.Option(help="Epochs training the new head on the frozen base" + default("epochs_head"))] = None,
@@ -94,6 +94,11 @@ def train(
             )
     except Interrupted as e:
         fail(str(e), code=130)
+    except WorkerLost as e:
+        # TensorFlow's collective runtime has lost its peer: its thread pools then fail at interpreter
+        # shutdown (an OSError traceback from multiprocessing's Pool.__del__ after our one line), so
+        # leave without running them; everything the run needs was saved at its last epoch.
+        report_and_exit_now(str(e))
     except FlowerftError as e:
         fail(str(e))
     except KeyboardInterrupt:  # before training started: nothing to save

@@ -109,7 +109,7 @@ def tiny_backbone(monkeypatch):
     """build_model puts tiny_base under the head (whatever backbone the config names)."""
     from flowerft import model
 
-    monkeypatch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size))
+    monkeypatch.setattr(model, "make_base", tiny_make_base())
 
 
 @contextlib.contextmanager
@@ -117,15 +117,20 @@ def tiny_base_under_head(residual: bool = False):
     """tiny_backbone at any fixture scope (module and session fixtures cannot take monkeypatch)."""
     from flowerft import model
 
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "make_base", tiny_make_base(residual))
+        yield
+
+
+def tiny_make_base(residual: bool = False):
+    """model.make_base for the tests: tiny_base, loaded from `weights` when that is a file (a
+    "pretrained" tiny base a test saved, so that BatchNorm stays frozen as with real weights)."""
     def make_base(backbone, image_size, weights):
         base = tiny_base(image_size, residual)
-        if weights not in ("none", "imagenet"):  # a "pretrained" tiny base a test saved (BatchNorm then stays frozen)
+        if weights not in ("none", "imagenet"):
             base.load_weights(weights)
         return base
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model, "make_base", make_base)
-        yield
+    return make_base
 
 
 # The stated margin of "the weights moved": a tensor whose largest change is below it did not learn.

@@ -13,16 +13,19 @@ from flowerft.errors import ConfigError
 from flowerft.micro_batches import PerBatchSchedule, split_batches
 from flowerft.model import learning_rate_schedule
 
-from conftest import assert_trained, make_image_folder
+from conftest import assert_trained, make_image_folder, tiny_base
 
 
 def config(folder, run, **values):
     # A fast per-step decay and a tight clipnorm: a schedule counting micro-batches, or clipping
     # each micro-batch instead of the batch's average, would change the weights. 18 training
     # images in batches of 4 end each epoch with a short batch of 2. A weights file stands for
-    # pretrained weights (BatchNorm frozen, which micro-batches need; tiny_backbone builds the base).
+    # pretrained weights (BatchNorm frozen, which micro-batches need; tiny_backbone builds the base
+    # and loads it).
     pretrained = folder.parent / "pretrained.weights.h5"
-    pretrained.touch()
+    if not pretrained.exists():
+        keras.utils.set_random_seed(7)
+        tiny_base(32).save_weights(pretrained)
     return make_config(data_dir=str(folder), weights=str(pretrained), backbone="mobilenet", image_size=32, batch_size=4,
                        epochs_head=1, epochs_finetune=2, lr_finetune=0.05, decay_finetune=0.3, clipnorm=0.05,
                        run_dir=str(run), shuffle_buffer=8, tensorboard=False, **values)

@@ -47,7 +47,7 @@ def fine_tune_rate(name: str, image_size: int, batch_size: int, steps: int) -> d
 
 
 def run(args) -> list[dict]:
-    from flowerft.backbones import BACKBONES
+    from flowerft.backbones.registry import BACKBONES
 
     names = args.families or list(BACKBONES)
     print(f"fine-tuning speed per backbone: {args.image_size} px, batch {args.batch_size}, {args.steps} timed steps "

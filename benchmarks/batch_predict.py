@@ -48,13 +48,14 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from flowerft import data, predict
+    from flowerft.data import image_io
+    from flowerft.serving import predict
 
     predictor, batch_size = predict.load_predictor(args.run_dir, "best", args.model)
     size = predictor.image_size
     with tempfile.TemporaryDirectory(prefix="flowerft-batch-bench-") as tmp:
         files = make_photos(Path(tmp), args.images)
-        decoded = np.stack([data.read_image(f, size).numpy() for f in files])
+        decoded = np.stack([image_io.read_image(f, size).numpy() for f in files])
         print(f"{len(files)} JPEGs ({sum(f.stat().st_size for f in files) / 2**20:.0f} MB), model {predictor.kind} "
               f"at {size} px, batch {batch_size}, {os.cpu_count()} cores, TensorFlow {tf.__version__}")
 

@@ -109,7 +109,7 @@ def head_phase(folder: Path, args, work: Path, repeats: int) -> tuple[float, flo
     --epochs-finetune 0` (Python start-up, imports, the source check, checkpoints, curves,
     summary: all of it) against the book's plain-Keras script on the same split. Each is run
     `repeats` times, interleaved; the fastest of each counts (the machine may be busy)."""
-    from flowerft.backbones import get_backbone
+    from flowerft.backbones.registry import get_backbone
 
     backbone = get_backbone(args.backbone)
     work.mkdir(parents=True, exist_ok=True)  # runs/latest of these runs goes here, not into the checkout
@@ -134,7 +134,7 @@ def fine_tune_speed(config, steps: int):
     import keras
     import tensorflow as tf
 
-    from flowerft import data, sources
+    from flowerft.data import pipelines, sources
     from flowerft.model import build_model, compile_for_phase, unfreeze_base
 
     splits = sources.load(config)
@@ -142,7 +142,7 @@ def fine_tune_speed(config, steps: int):
     model, base = build_model(config, len(splits.class_names))
     unfreeze_base(base)
     compile_for_phase(model, lr=config.lr_finetune, decay=config.decay_finetune, momentum=config.momentum, clipnorm=None)
-    train_ds = data.pipeline(splits, "train", config, training=True, cache="memory").repeat()
+    train_ds = pipelines.pipeline(splits, "train", config, training=True, cache="memory").repeat()
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -168,9 +168,9 @@ def fine_tune_speed(config, steps: int):
             count += int(x.shape[0])
         return count
 
-    cold = data.pipeline(splits, "train", config, training=True, cache="none")
+    cold = pipelines.pipeline(splits, "train", config, training=True, cache="none")
     cold_seconds, cold_count = timed(lambda: drain(cold))
-    warm = data.pipeline(splits, "train", config, training=True, cache="memory")
+    warm = pipelines.pipeline(splits, "train", config, training=True, cache="memory")
     warm_seconds, warm_count = timed(lambda: drain(warm))
     return fit_rate, bare_rate, cold_count / cold_seconds, warm_count / warm_seconds
 
@@ -205,7 +205,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
 def bare_rss(image_size: int, batch_size: int, backbone: str) -> float:
     """Peak RSS (GB) of bare Keras training the same network: what the model itself needs."""
-    from flowerft.backbones import get_backbone
+    from flowerft.backbones.registry import get_backbone
 
     constructor = get_backbone(backbone).constructor
     out = subprocess.run([sys.executable, "-c", BARE_TRAINING, str(image_size), str(batch_size), constructor],
@@ -218,11 +218,12 @@ def strategy_overhead(config, steps: int) -> dict[str, float]:
     machine's devices: one CPU here) and on the default one-device path, fit for fit."""
     import keras
 
-    from flowerft import data, distribute, sources
+    from flowerft.data import pipelines, sources
     from flowerft.model import build_model, compile_for_phase, unfreeze_base
+    from flowerft.training import distribute
 
     splits = sources.load(config)
-    train_ds = data.pipeline(splits, "train", config, training=True, cache="memory").repeat()
+    train_ds = pipelines.pipeline(splits, "train", config, training=True, cache="memory").repeat()
     rates = {}
     for mode in ("none", "mirrored", "none", "mirrored"):  # twice each, interleaved: the faster counts
         strategy = distribute.make_strategy(mode)

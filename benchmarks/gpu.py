@@ -92,7 +92,8 @@ def input_wait(config, steps: int) -> tuple[float, float]:
     import keras
     import tensorflow as tf
 
-    from flowerft import data, precision, sources
+    from flowerft import precision
+    from flowerft.data import pipelines, sources
     from flowerft.model import build_model, compile_for_phase, unfreeze_base
 
     splits = sources.load(config)
@@ -103,7 +104,7 @@ def input_wait(config, steps: int) -> tuple[float, float]:
         unfreeze_base(base)
         compile_for_phase(model, lr=config.lr_finetune, decay=config.decay_finetune, momentum=config.momentum,
                           clipnorm=config.clipnorm, jit_compile=config.jit_compile)
-        pipeline = data.pipeline(splits, "train", config, training=True, cache="memory").take(steps)
+        pipeline = pipelines.pipeline(splits, "train", config, training=True, cache="memory").take(steps)
         batch = next(iter(pipeline))
         resident = tf.data.Dataset.from_tensors(batch).repeat(steps)
         seconds = {}
@@ -121,8 +122,8 @@ def input_wait(config, steps: int) -> tuple[float, float]:
 def one_run(folder: Path, work: Path, args, jit: bool) -> None:
     import keras
 
-    from flowerft import train
     from flowerft.config import make_config
+    from flowerft.training import session
 
     config = make_config(
         data_dir=str(folder), recipe="book", backbone="xception", weights=args.weights, image_size=args.image_size,
@@ -131,7 +132,7 @@ def one_run(folder: Path, work: Path, args, jit: bool) -> None:
         runs_root=str(work / "runs"), tensorboard=False,
     )
     sampler = GpuSampler()
-    result = train.run(config, callbacks=sampling_callbacks(sampler))
+    result = session.run(config, callbacks=sampling_callbacks(sampler))
     metrics = result.metrics
     train_images = metrics["split_sizes"]["train"]
     print(f"--jit-compile {'on' if jit else 'off'} ({metrics['precision_policy']}):", flush=True)

@@ -69,14 +69,15 @@ def finetune_rates(folder: Path, args) -> dict[str, float]:
     """(e): images/s of one training step of each variant, on the same batch of real JPEGs."""
     import keras
 
-    from flowerft import data, partial, sources
     from flowerft.config import make_config
+    from flowerft.data import pipelines, sources
     from flowerft.model import build_model, compile_for_phase, unfreeze_base
+    from flowerft.training import partial_finetune
 
     config = make_config(data_dir=str(folder), weights="none", image_size=args.limits_image_size, batch_size=32,
                          finetune_blocks=args.finetune_blocks, tensorboard=False)
     splits = sources.load(config)
-    images, labels = data.decode_split(splits, "train", config.image_size)
+    images, labels = pipelines.decode_split(splits, "train", config.image_size)
     x, y = keras.ops.cast(images[: config.batch_size], "float32"), labels[: config.batch_size]
     rates = {}
 
@@ -95,12 +96,12 @@ def finetune_rates(folder: Path, args) -> dict[str, float]:
                 compile_(model)
                 rates[name] = config.batch_size * _steps_per_second(lambda: model.train_on_batch(x, y), args.limits_steps)
                 return
-            parts = partial.unfreeze(base, config)
+            parts = partial_finetune.unfreeze(base, config)
             if part == "plain":
                 compile_(model)
                 rates[name] = config.batch_size * _steps_per_second(lambda: model.train_on_batch(x, y), args.limits_steps)
                 return
-            extractor, top = partial.top_model(model, *parts)
+            extractor, top = partial_finetune.top_model(model, *parts)
             extractor.predict_on_batch(x)  # traces, as flowerft's first batch does
             start = time.perf_counter()
             activations = extractor.predict_on_batch(x)

@@ -57,9 +57,17 @@ enter("python start-up, import flowerft CLI")
 from flowerft.cli import app
 from flowerft.cli import common
 leave()
-enter("import tensorflow, keras, flowerft.train")
+enter("import tensorflow, keras, flowerft.training.session")
 common.import_tensorflow_quietly()
-from flowerft import callbacks, curves, data, sources, state, summary, train, model, progress
+from flowerft import model
+from flowerft.training import callbacks
+from flowerft.reporting import curves
+from flowerft.data import pipelines
+from flowerft.data import sources
+from flowerft.training import checkpoints
+from flowerft.training import summary
+from flowerft.training import session
+from flowerft.cli import progress_display
 leave()
 common.import_tensorflow_quietly = lambda: None
 
@@ -96,7 +104,7 @@ wrap(curves, "write_after_training", "end: curves.png")
 wrap(train, "environment", "end: environment")
 wrap(keras_fit := __import__("keras").Model, "fit", "fit: set-up and tracing outside epochs")
 
-Epoch = progress.EpochProgress
+Epoch = display.EpochProgress
 begin, end = Epoch.on_epoch_begin, Epoch.on_epoch_end
 def on_epoch_begin(self, epoch, logs=None):
     enter(f"{self.phase} epoch {epoch + 1 - (0 if self.phase == 'head' else self.display.clock.epochs['head'])}")

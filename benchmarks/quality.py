@@ -58,7 +58,7 @@ def test_accuracy(run_dir: Path, checkpoint: str | None) -> float | None:
     """Accuracy of one checkpoint of a run on the run's recorded test split."""
     if checkpoint is None:
         return None
-    from flowerft.evaluate import predict_split
+    from flowerft.reporting.evaluate import predict_split
 
     probabilities, labels, _ = predict_split(run_dir, run_dir / checkpoint, "test")
     return float((probabilities.argmax(axis=1) == labels).mean())
@@ -67,12 +67,12 @@ def test_accuracy(run_dir: Path, checkpoint: str | None) -> float | None:
 def run_one(name: str, values: dict, seed: int, common: dict, work: Path) -> dict:
     import keras
 
-    from flowerft import train
     from flowerft.config import resolve
+    from flowerft.training import session
 
     config = resolve(common | values | {"seed": seed, "run_dir": str(work / f"{name}-seed{seed}")})
     start = time.perf_counter()
-    result = train.run(config)
+    result = session.run(config)
     wall = time.perf_counter() - start
     metrics = result.metrics
     head, finetune = metrics["phases"]["head"], metrics["phases"]["finetune"]

@@ -94,11 +94,12 @@ def main() -> None:
     finally:
         server.stop()
 
-    from flowerft import data, predict
+    from flowerft.data import image_io
+    from flowerft.serving import predict
 
     predictor, _ = predict.load_predictor(args.run_dir, "best", args.model)
     size = predictor.image_size
-    batch = np.stack([data.image_from_bytes(photo(s), size).numpy() for s in range(32)])
+    batch = np.stack([image_io.image_from_bytes(photo(s), size).numpy() for s in range(32)])
     predictor(batch)
     start, calls = time.perf_counter(), 0
     while time.perf_counter() - start < 10 or calls < 3:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowerft.backbones import SCALINGS, get_backbone, is_own
+from flowerft.backbones.registry import SCALINGS, get_backbone, is_own
 from flowerft.errors import ConfigError
-
 
 CACHE_MODES = ("auto", "memory", "file", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker", "tpu")
@@ -90,7 +89,7 @@ class Config:
     backbone: str = "xception"
     # "imagenet" downloads once into ~/.keras/models; "none" is random init; else a file path.
     weights: str = "imagenet"
-    # With a backbone of your own (a .keras file or KerasHub preset, flowerft/own_backbone.py): the
+    # With a backbone of your own (a .keras file or KerasHub preset, flowerft/backbones/own_model.py): the
     # layer whose output is the features (null: the one below the model's top), and the scaling its
     # weights expect when the model has none inside it (tf, caffe, torch or none).
     backbone_layer: str | None = None
@@ -133,7 +132,7 @@ class Config:
 
     # Fine-tune only the base's top: its last N blocks (0: the whole base, like the book), or from
     # the named layer of the base up. The frozen part's activations are then computed once
-    # (flowerft/partial.py) unless augment is on or cache is none.
+    # (flowerft/training/partial_finetune.py) unless augment is on or cache is none.
     finetune_blocks: int = 0
     finetune_from: str | None = None
 
@@ -146,11 +145,11 @@ class Config:
     # The older switch: mixed_float16 on a GPU, mixed_bfloat16 elsewhere (when precision is float32 or auto).
     mixed_precision: bool = False
     # Fine-tune batches computed this many images at a time, gradients accumulated to one update
-    # per batch_size (same result, less memory: flowerft/micro_batches.py). null: whole batches.
+    # per batch_size (same result, less memory: flowerft/training/micro_batches.py). null: whole batches.
     micro_batch: int | None = None
     # XLA-compile the training step.
     jit_compile: bool = False
-    # tf.distribute strategy (flowerft/distribute.py): "auto" mirrors over every GPU when there
+    # tf.distribute strategy (flowerft/training/distribute.py): "auto" mirrors over every GPU when there
     # are several, else trains on one device; "none", "mirrored", "multiworker" (TF_CONFIG), "tpu".
     # batch_size is the global batch, split across replicas.
     distribute: str = "auto"
@@ -161,7 +160,7 @@ class Config:
     runs_root: str = "runs"
     # Event files for `tensorboard --logdir <run_dir>/tensorboard`.
     tensorboard: bool = True
-    # Also log the run to an experiment tracker (flowerft/tracking.py): "mlflow" (the extra
+    # Also log the run to an experiment tracker (flowerft/training/tracking.py): "mlflow" (the extra
     # flowerft[mlflow]) at MLFLOW_TRACKING_URI, else the SQLite store <runs_root>/mlflow.db.
     # The run dir stays the record: a tracker that cannot be reached only costs a warning.
     track: str = "none"
@@ -181,7 +180,7 @@ MAX_FLOAT_DISAGREEMENT = 0.005
 # Batch-1 latency is the mean over this many test images (after warm-up calls), not the whole split.
 LATENCY_IMAGES = 100
 
-# --- tracking (flowerft/tracking.py) ---
+# --- tracking (flowerft/training/tracking.py) ---
 # The experiment runs are logged to, unless MLFLOW_EXPERIMENT_NAME names another (MLflow's own variable).
 MLFLOW_EXPERIMENT = "flowerft"
 # The default store, in runs_root: a real SQLite database that `mlflow ui --backend-store-uri` opens.

@@ -18,8 +18,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from flowerft import weights_files
-from flowerft.backbones import Backbone, get_backbone, is_own
+from flowerft.backbones import weights_files
+from flowerft.backbones.registry import Backbone, get_backbone, is_own
 from flowerft.config import Config
 from flowerft.errors import ConfigError, OfflineError
 
@@ -59,7 +59,7 @@ def pixel_scaling(scaling: str) -> keras.layers.Layer | None:
 
 def constructor_of(backbone: Backbone):
     if backbone.constructor == "ResNet34":
-        from flowerft.resnet34 import ResNet34
+        from flowerft.backbones.resnet34 import ResNet34
 
         return ResNet34
     return getattr(keras.applications, backbone.constructor)
@@ -112,9 +112,9 @@ def _download_imagenet_base(constructor, shape, name: str) -> keras.Model:
 def build_model(config: Config, n_classes: int) -> tuple[keras.Model, keras.Model]:
     """The full classifier and its base (returned too, to freeze and unfreeze it)."""
     if is_own(config.backbone):  # a .keras file or KerasHub preset the user brings
-        from flowerft import own_backbone
+        from flowerft.backbones import own_model
 
-        scaling_name, base, name = own_backbone.load_base(config)
+        scaling_name, base, name = own_model.load_base(config)
     else:
         backbone = get_backbone(config.backbone)
         scaling_name, name = backbone.scaling, backbone.name
@@ -239,7 +239,7 @@ def compile_for_phase(
     rate = learning_rate_schedule(schedule, lr, decay=decay, steps=steps, warmup_steps=warmup_steps)
     accumulate = {}
     if micro_batches > 1:
-        from flowerft.micro_batches import PerBatchSchedule
+        from flowerft.training.micro_batches import PerBatchSchedule
 
         rate = PerBatchSchedule(rate, micro_batches)
         accumulate = dict(gradient_accumulation_steps=micro_batches)

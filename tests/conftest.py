@@ -151,14 +151,14 @@ def start_weights(run: Path) -> dict:
     """The run's classifier before training, rebuilt from its config with its seed (tiny base)."""
     import keras
 
-    from flowerft import rundir
     from flowerft.config import make_config
     from flowerft.model import build_model
+    from flowerft.runs import layout
 
-    config = make_config(**rundir.read_yaml(run / "config.yaml"))
+    config = make_config(**layout.read_yaml(run / "config.yaml"))
     keras.utils.set_random_seed(config.seed)
     with tiny_base_under_head():
-        model, _ = build_model(config, len(rundir.read_json(run / "class_names.json")))
+        model, _ = build_model(config, len(layout.read_json(run / "class_names.json")))
     return named_weights(model)
 
 

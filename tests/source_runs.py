@@ -8,15 +8,14 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import tiny_base
+from test_exact_resume import StopAfter
 from typer.testing import CliRunner
 
-from flowerft import train
 from flowerft.cli import app
 from flowerft.config import make_config
 from flowerft.errors import Interrupted
-
-from conftest import tiny_base
-from test_exact_resume import StopAfter
+from flowerft.training import session
 
 runner = CliRunner()
 
@@ -40,7 +39,7 @@ def train_resume_evaluate_report(tmp_path: Path, monkeypatch, split: str = "test
     config = tiny_config(tmp_path, **source)
     said: list[str] = []
     with pytest.raises(Interrupted):
-        train.run(config, callbacks=lambda phase, c: [StopAfter(1)], notify=said.append)  # Ctrl-C after the head epoch
+        session.run(config, callbacks=lambda phase, c: [StopAfter(1)], notify=said.append)  # Ctrl-C after the head epoch
     run = Path(config.run_dir)
     assert (run / "source.json").is_file()
     elsewhere = tmp_path / "elsewhere"

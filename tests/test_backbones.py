@@ -15,11 +15,11 @@ import keras
 import numpy as np
 import pytest
 
-from flowerft import partial
-from flowerft.backbones import BACKBONES, block_starts, get_backbone
+from flowerft.backbones.registry import BACKBONES, block_starts, get_backbone
 from flowerft.config import make_config
 from flowerft.errors import ConfigError
 from flowerft.model import all_layers, build_model, compile_for_phase, make_base, pixel_scaling, unfreeze_base
+from flowerft.training import partial_finetune
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype("float32")
 PIXELS[0, 0, :3, :] = [[0, 0, 0], [255, 255, 255], [127, 128, 1]]
@@ -119,7 +119,7 @@ def check_family(name: str, tmp_path) -> None:
     assert len(starts) == backbone.n_blocks
 
     # The last two blocks cut off cleanly: the top of the split computes what the base does.
-    lower, upper = partial.split_base(base, dataclasses.replace(config, finetune_blocks=2))
+    lower, upper = partial_finetune.split_base(base, dataclasses.replace(config, finetune_blocks=2))
     images = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3)).astype("float32")
     np.testing.assert_allclose(upper(lower(images)), base(images), rtol=1e-4, atol=1e-4)
 

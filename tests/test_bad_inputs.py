@@ -8,11 +8,10 @@ import shutil
 
 import keras
 import pytest
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-
-from conftest import make_image_folder, one_line_error
 
 runner = CliRunner()
 TRAIN = ["train", "--weights", "none", "--image-size", "71"]
@@ -146,7 +145,8 @@ def test_the_corpus_covers_every_command_that_reads_user_input(tmp_path):
 
 @pytest.mark.parametrize("command", [["evaluate"], ["predict", "x.jpg"]])
 def test_ctrl_c_in_evaluate_or_predict_is_one_line_and_exit_130(command, trained_run, monkeypatch):
-    from flowerft import evaluate, predict
+    from flowerft.reporting import evaluate
+    from flowerft.serving import predict
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flowerft import artifacts, predict
 from flowerft.cli import app
+from flowerft.serving import predict
 
 runner = CliRunner()
 

@@ -6,15 +6,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
-from flowerft import train
 from flowerft.cli import app
 from flowerft.config import Config
-from flowerft.summary import PhaseResult, summarize
-from flowerft.train import RunResult
-
-from conftest import make_image_folder, one_line_error
+from flowerft.training import session
+from flowerft.training.session import RunResult
+from flowerft.training.summary import PhaseResult, summarize
 
 runner = CliRunner()
 
@@ -30,7 +29,7 @@ def captured(monkeypatch, tmp_path):
         metrics = summarize(PhaseResult("head", 0), PhaseResult("finetune", 0), "checkpoints/final.keras")
         return RunResult(tmp_path, metrics)
 
-    monkeypatch.setattr(train, "run", fake_run)
+    monkeypatch.setattr(session, "run", fake_run)
     return seen
 
 
@@ -177,13 +176,13 @@ def test_unwritable_run_dir(tmp_path, image_folder):
 
 
 def test_offline_tfds_fails_fast_with_the_remedy(tmp_path, monkeypatch):
-    from flowerft import sources
+    from flowerft.data import network, tfds_datasets
 
     with socket_closed_port() as port:
-        monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
+        monkeypatch.setattr(tfds_datasets, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
         start = time.monotonic()
         message = error_of(["train", "--tfds-data-dir", str(tmp_path)])
-    assert time.monotonic() - start < sources.NETWORK_PROBE_SECONDS  # refused at once, not the probe's timeout
+    assert time.monotonic() - start < network.NETWORK_PROBE_SECONDS  # refused at once, not the probe's timeout
     assert "--data-dir" in message and "--tfds-data-dir" in message
 
 

@@ -7,13 +7,12 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_image_folder
 from PIL import Image
 
-from flowerft import data, image_folders, sources, tfds_datasets
 from flowerft.config import make_config
+from flowerft.data import image_folders, image_io, network, pipelines, sources, splitting, tfds_datasets
 from flowerft.errors import DataError, OfflineError
-
-from conftest import make_image_folder
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -44,32 +43,32 @@ def in_map(fn, value):
 
 @pytest.mark.parametrize("kind", SAMPLES)
 def test_decode_image_gives_rgb_uint8_eagerly_and_in_map(kind):
-    eager = data.decode_image(tf.constant(SAMPLES[kind]))
-    mapped = in_map(data.decode_image, tf.constant(SAMPLES[kind]))
+    eager = image_io.decode_image(tf.constant(SAMPLES[kind]))
+    mapped = in_map(image_io.decode_image, tf.constant(SAMPLES[kind]))
     assert eager.shape == (9, 13, 3) and eager.dtype == tf.uint8
     np.testing.assert_array_equal(eager, mapped)
 
 
 def test_decode_keeps_png_pixels_and_first_gif_frame():
-    np.testing.assert_array_equal(data.decode_image(tf.constant(SAMPLES["png"])), RGB)
-    gray = data.decode_image(tf.constant(SAMPLES["gray png"])).numpy()
+    np.testing.assert_array_equal(image_io.decode_image(tf.constant(SAMPLES["png"])), RGB)
+    gray = image_io.decode_image(tf.constant(SAMPLES["gray png"])).numpy()
     np.testing.assert_array_equal(gray[..., 1], RGB[..., 0])
-    first = data.decode_image(tf.constant(SAMPLES["animated gif"])).numpy()
+    first = image_io.decode_image(tf.constant(SAMPLES["animated gif"])).numpy()
     palette = np.asarray(Image.fromarray(RGB).convert("P").convert("RGB"))
     assert np.abs(first.astype(int) - palette).mean() < 5  # frame 0, not the inverted frame 1
 
 
 def test_resize_eagerly_and_in_map():
     image = tf.constant(RGB)
-    eager = data.resize_image(image, 71)
-    mapped = in_map(lambda x: data.resize_image(x, 71), image)
+    eager = image_io.resize_image(image, 71)
+    mapped = in_map(lambda x: image_io.resize_image(x, 71), image)
     assert eager.shape == (71, 71, 3) and eager.dtype == tf.uint8
     np.testing.assert_array_equal(eager, mapped)
 
 
 def test_make_pipeline_batches_float_pixels_in_0_255():
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(np.stack([RGB] * 5)), tf.range(5, dtype=tf.int64)))
-    batches = list(data.make_pipeline(ds, lambda x: data.resize_image(x, 16), batch_size=2))
+    batches = list(pipelines.make_pipeline(ds, lambda x: image_io.resize_image(x, 16), batch_size=2))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
     images, labels = batches[0]
     assert images.dtype == tf.float32 and images.shape[1:] == (16, 16, 3)
@@ -81,7 +80,7 @@ def test_training_pipeline_shuffles_deterministically_per_seed():
     ds = tf.data.Dataset.from_tensor_slices((tf.zeros((20, 4, 4, 3), tf.uint8), tf.range(20, dtype=tf.int64)))
 
     def order(seed):
-        pipe = data.make_pipeline(ds, lambda x: x, batch_size=20, shuffle_buffer=20, seed=seed)
+        pipe = pipelines.make_pipeline(ds, lambda x: x, batch_size=20, shuffle_buffer=20, seed=seed)
         return list(next(iter(pipe))[1].numpy())
 
     assert order(1) == order(1)
@@ -91,9 +90,9 @@ def test_training_pipeline_shuffles_deterministically_per_seed():
 
 def test_split_files_is_stratified_deterministic_and_disjoint():
     files = [[f"c{c}/{i}.jpg" for i in range(40)] for c in range(3)]
-    a = sources.split_files(files, 10, 15, seed=7)
-    assert a == sources.split_files(files, 10, 15, seed=7)
-    assert a != sources.split_files(files, 10, 15, seed=8)
+    a = splitting.split_files(files, 10, 15, seed=7)
+    assert a == splitting.split_files(files, 10, 15, seed=7)
+    assert a != splitting.split_files(files, 10, 15, seed=8)
     assert {k: len(v) for k, v in a.items()} == {"test": 12, "valid": 18, "train": 90}
     for label in range(3):
         assert sum(1 for _, y in a["test"] if y == label) == 4
@@ -151,7 +150,7 @@ def test_a_class_too_small_for_every_split_is_refused_with_the_remedy(tmp_path):
         extra.unlink()  # roses keeps 1 image: it would land in train only, and evaluate would show support 0
     with pytest.raises(DataError, match="class roses has 1 image, too few .* add images to it or remove its folder"):
         image_folders.load(make_config(data_dir=str(root)))
-    assert sources.split_sizes(6, 10, 15) == (1, 1, 4) and sources.split_sizes(5, 10, 15) == (1, 0, 4)
+    assert splitting.split_sizes(6, 10, 15) == (1, 1, 4) and splitting.split_sizes(5, 10, 15) == (1, 0, 4)
 
 
 def test_folder_pipeline_reads_the_files(tmp_path):
@@ -159,10 +158,10 @@ def test_folder_pipeline_reads_the_files(tmp_path):
     config = make_config(data_dir=str(root), image_size=71, batch_size=4)
     splits = sources.load(config)
     assert splits.sizes == {"train": 21, "valid": 6, "test": 3}
-    images, labels = next(iter(data.pipeline(splits, "valid", config)))
+    images, labels = next(iter(pipelines.pipeline(splits, "valid", config)))
     assert images.shape == (4, 71, 71, 3)
     path, label = splits.files["valid"][0]
-    expected = data.resize_image(tf.constant(np.asarray(Image.open(path).convert("RGB"))), 71)
+    expected = image_io.resize_image(tf.constant(np.asarray(Image.open(path).convert("RGB"))), 71)
     np.testing.assert_array_equal(images[0].numpy().astype("uint8"), expected)
     assert labels[0] == label
 
@@ -174,11 +173,11 @@ def test_tfds_slices_are_the_books():
 def test_tfds_source_keeps_tfds_class_order(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(sources, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    monkeypatch.setattr(network, "check_online", lambda *a: None)  # mock_data makes the download a no-op
     config = make_config(tfds_data_dir=str(tmp_path), image_size=71, batch_size=3)
     with tfds.testing.mock_data(num_examples=6):
         splits = sources.load(config)
-        images, labels = next(iter(data.pipeline(splits, "train", config, training=True)))
+        images, labels = next(iter(pipelines.pipeline(splits, "train", config, training=True)))
     assert splits.class_names == ["dandelion", "daisy", "tulips", "sunflowers", "roses"]
     assert splits.element == "image" and splits.files is None
     assert images.shape == (3, 71, 71, 3) and images.dtype == tf.float32
@@ -191,18 +190,18 @@ def closed_port() -> int:
 
 
 def test_tfds_download_fails_fast_and_names_the_offline_remedies(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
+    monkeypatch.setattr(tfds_datasets, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
     start = time.monotonic()
     with pytest.raises(OfflineError) as error:
         sources.load(make_config(tfds_data_dir=str(tmp_path)))
-    assert time.monotonic() - start < sources.NETWORK_PROBE_SECONDS  # refused at once, not the probe's timeout
+    assert time.monotonic() - start < network.NETWORK_PROBE_SECONDS  # refused at once, not the probe's timeout
     assert "--data-dir" in str(error.value) and "--tfds-data-dir" in str(error.value)
 
 
 def test_read_image_of_something_that_is_not_a_file_is_a_data_error(tmp_path):
     (tmp_path / "folder.jpg").mkdir()
     with pytest.raises(DataError, match="folder.jpg: cannot be read"):
-        data.read_image(tmp_path / "folder.jpg", 32)
+        image_io.read_image(tmp_path / "folder.jpg", 32)
 
 
 def test_a_host_that_never_answers_fails_after_the_probe_timeout(monkeypatch):
@@ -213,10 +212,10 @@ def test_a_host_that_never_answers_fails_after_the_probe_timeout(monkeypatch):
         server.bind(("127.0.0.1", 0))
         server.listen(0)
         filler.connect(server.getsockname())
-        monkeypatch.setattr(sources, "NETWORK_PROBE_SECONDS", 1.5)
+        monkeypatch.setattr(network, "NETWORK_PROBE_SECONDS", 1.5)
         start = time.monotonic()
         with pytest.raises(OfflineError, match="timed out") as error:
-            sources.check_online(server.getsockname(), "tf_flowers", "work offline with --data-dir")
+            network.check_online(server.getsockname(), "tf_flowers", "work offline with --data-dir")
         waited = time.monotonic() - start
     assert 1.4 <= waited < 5, waited
     assert str(error.value).count("\n") == 0 and "--data-dir" in str(error.value)

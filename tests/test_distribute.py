@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_trained, make_image_folder, one_line_error, tiny_base_under_head
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-
-from conftest import assert_trained, make_image_folder, one_line_error, tiny_base_under_head
 
 runner = CliRunner()
 TRAIN = ["--weights", "none", "--backbone", "mobilenet", "--image-size", "32", "--batch-size", "4",
@@ -66,7 +65,6 @@ def folder(tmp_path_factory):
     # 36 training images and 6 validation ones: every batch of 4 splits evenly in two.
     folder = make_image_folder(tmp_path_factory.mktemp("distribute") / "flowers", per_class=16)
     import keras
-
     from conftest import tiny_base
 
     keras.utils.set_random_seed(7)

@@ -5,12 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 
-from flowerft import evaluate
 from flowerft.cli import app
-
-from conftest import one_line_error
+from flowerft.reporting import evaluate
 
 runner = CliRunner()
 

@@ -11,12 +11,20 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import (
+    BASE_KERNELS,
+    HEAD_KERNEL,
+    assert_differ,
+    assert_trained,
+    make_image_folder,
+    named_weights,
+    tiny_base_under_head,
+)
 
-from flowerft import data, state, train
 from flowerft.config import make_config
+from flowerft.data import pipelines
 from flowerft.errors import Interrupted
-
-from conftest import BASE_KERNELS, HEAD_KERNEL, assert_differ, assert_trained, make_image_folder, named_weights, tiny_base_under_head
+from flowerft.training import checkpoints, session
 
 EPOCHS_HEAD, EPOCHS_FINETUNE = 2, 2
 
@@ -65,7 +73,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(folder, tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = train.run(config(folder, run, "memory"))
+    result = session.run(config(folder, run, "memory"))
     return run, result.metrics
 
 
@@ -94,33 +102,33 @@ def test_a_run_stopped_in_each_phase_and_resumed_ends_with_the_same_weights(fold
     for stop, moving in ((1, [HEAD_KERNEL]), (EPOCHS_HEAD + 1, [HEAD_KERNEL, *BASE_KERNELS])):
         stopper = StopAfter(stop)
         with pytest.raises(Interrupted):
-            train.run(config(folder, run, cache), callbacks=lambda phase, c: [stopper], resume=stop > 1)
+            session.run(config(folder, run, cache), callbacks=lambda phase, c: [stopper], resume=stop > 1)
         # Where the resume starts is far from where the run ends: the epochs left must really run.
         assert_differ(stopper.weights, end, moving)
-    result = train.run(config(folder, run, cache), resume=True)
+    result = session.run(config(folder, run, cache), resume=True)
 
     for a, b in zip(final_weights(reference), final_weights(run), strict=True):
         np.testing.assert_array_equal(a, b)
     rows = lambda path: json.loads((path / "history.json").read_text())  # noqa: E731
     assert rows(run) == rows(reference)  # every epoch once, with the same losses and accuracies
     assert result.metrics["best_checkpoint"] == reference_metrics["best_checkpoint"]
-    assert not (run / "cache").exists() and not (run / state.STATE).exists()
+    assert not (run / "cache").exists() and not (run / checkpoints.STATE).exists()
 
 
 def test_the_resumed_optimizer_has_the_step_count_and_momentum_it_stopped_with(folder, tmp_path, monkeypatch):
     run = tmp_path / "run"
     stop = StopAfter(EPOCHS_HEAD + 1)
     with pytest.raises(Interrupted):
-        train.run(config(folder, run, "memory"), callbacks=lambda phase, c: [stop])
+        session.run(config(folder, run, "memory"), callbacks=lambda phase, c: [stop])
     loaded = []
-    load_fitted = state.load_fitted
+    load_fitted = checkpoints.load_fitted
 
     def spy(model, run_dir, progress):
         load_fitted(model, run_dir, progress)
         loaded.append(optimizer_state(model))
 
-    monkeypatch.setattr(state, "load_fitted", spy)
-    train.run(config(folder, run, "memory"), resume=True)
+    monkeypatch.setattr(checkpoints, "load_fitted", spy)
+    session.run(config(folder, run, "memory"), resume=True)
     (iterations, momentums), (saved_iterations, saved_momentums) = loaded[0], stop.optimizer
     assert iterations == saved_iterations > 0  # the decay goes on from its step, not from 0
     assert len(momentums) == len(saved_momentums) > 0 and any(np.abs(m).sum() > 0 for m in momentums)
@@ -132,8 +140,8 @@ def test_each_epoch_order_is_a_function_of_seed_and_epoch():
     ds = tf.data.Dataset.from_tensor_slices((tf.zeros((30, 2, 2, 3), tf.uint8), tf.range(30, dtype=tf.int64)))
 
     def order(seed, epoch_number):
-        epoch = data.epoch_variable()
-        pipe = data.make_pipeline(ds, lambda x: x, batch_size=30, shuffle_buffer=8, seed=seed, epoch=epoch)
+        epoch = pipelines.epoch_variable()
+        pipe = pipelines.make_pipeline(ds, lambda x: x, batch_size=30, shuffle_buffer=8, seed=seed, epoch=epoch)
         epoch.assign(epoch_number)
         return list(next(iter(pipe))[1].numpy())
 
@@ -149,9 +157,9 @@ def test_each_epoch_order_is_a_function_of_seed_and_epoch():
 def test_the_best_checkpoint_is_tracked_across_a_resume(folder, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
-        train.run(config(folder, run, "memory"), callbacks=lambda phase, c: [StopAfter(EPOCHS_HEAD + 1)])
+        session.run(config(folder, run, "memory"), callbacks=lambda phase, c: [StopAfter(EPOCHS_HEAD + 1)])
     best = run / "checkpoints" / "finetune_best.keras"
-    saved, recorded = best.read_bytes(), state.Progress.load(run).best_val_accuracy
+    saved, recorded = best.read_bytes(), checkpoints.Progress.load(run).best_val_accuracy
 
     # Every epoch after the resume validates worse than any before it.
     evaluate = keras.Model.evaluate
@@ -161,7 +169,7 @@ def test_the_best_checkpoint_is_tracked_across_a_resume(folder, tmp_path, monkey
         return {**logs, "accuracy": -1.0} if kwargs.get("_use_cached_eval_dataset") else logs
 
     monkeypatch.setattr(keras.Model, "evaluate", worse)
-    result = train.run(config(folder, run, "memory"), resume=True)
+    result = session.run(config(folder, run, "memory"), resume=True)
     finetune = result.metrics["phases"]["finetune"]
     history = [r for r in json.loads((run / "history.json").read_text()) if r["phase"] == "finetune"]
     assert [r["val_accuracy"] for r in history][1:] == [-1.0] * (EPOCHS_FINETUNE - 1)

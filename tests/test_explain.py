@@ -2,12 +2,11 @@
 
 import json
 
+from conftest import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-
-from conftest import one_line_error
 
 runner = CliRunner()
 

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from conftest import make_image_folder, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from flowerft import data, evaluate, export, predict, sources
 from flowerft.cli import app
-
-from conftest import make_image_folder, one_line_error
+from flowerft.data import image_io, pipelines, sources
+from flowerft.reporting import evaluate
+from flowerft.serving import export, predict
 
 runner = CliRunner()
 SIZE = 32
@@ -59,7 +60,7 @@ def reference(exported):
     config = evaluate.load_run_config(run)
     splits = sources.load_recorded(run, config, ("test",))
     model = evaluate.load_model(evaluate.checkpoint_path(run, "best"))
-    images = np.concatenate([x.numpy() for x, _ in data.pipeline(splits, "test", config)])
+    images = np.concatenate([x.numpy() for x, _ in pipelines.pipeline(splits, "test", config)])
     return SimpleNamespace(model=model, expected=model.predict_on_batch(images), images=images.astype(np.uint8),
                            files=[p for p, _ in splits.files["test"]])
 
@@ -125,7 +126,7 @@ def test_serving_bytes_decodes_every_format_of_another_size_as_training_does(ser
         buffer = io.BytesIO()
         picture.save(buffer, format=fmt)
         encoded.append(buffer.getvalue())
-    resized = np.stack([data.resize_image(data.decode_image(b), SIZE) for b in encoded])
+    resized = np.stack([image_io.resize_image(image_io.decode_image(b), SIZE) for b in encoded])
     expected = reference.model.predict_on_batch(resized.astype("float32"))
     out = served.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
@@ -318,7 +319,6 @@ def test_serve_takes_each_exported_model_and_answers_as_tf_serving_would(exporte
     import base64
 
     import requests
-
     from server_process import ServerProcess
 
     files = reference.files

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
-from conftest import make_image_folder, one_line_error
 from flowerft.cli import app
 
 runner = CliRunner()
@@ -46,7 +46,7 @@ def test_resume_of_a_finished_run_in_a_read_only_folder_exits_0(trained_run, tmp
 def test_keras_download_chatter_does_not_precede_the_offline_error(monkeypatch, capsys):
     import keras
 
-    from flowerft.backbones import get_backbone
+    from flowerft.backbones.registry import get_backbone
     from flowerft.errors import OfflineError
     from flowerft.model import make_base
 
@@ -123,10 +123,11 @@ def test_the_example_configs_ship_with_the_package_and_copy_out(tmp_path):
 
 
 def test_the_model_card_and_the_report_speak_plainly(trained_run, tmp_path):
-    from flowerft import model_card, report_page
+    from flowerft.reporting import html_page
+    from flowerft.serving import model_card
 
     assert model_card.epochs(1) == "1 epoch" and model_card.epochs(10) == "10 epochs"
-    assert [report_page._yaml_value(v) for v in (None, False, 0.001, "xception")] == ["null", "false", "0.001", "xception"]
+    assert [html_page._yaml_value(v) for v in (None, False, 0.001, "xception")] == ["null", "false", "0.001", "xception"]
     out = tmp_path / "pages"
     result = runner.invoke(app, ["report", "--run-dir", str(trained_run), "--output", str(out)])
     assert result.exit_code == 0, result.output

@@ -4,12 +4,11 @@ from the first epoch (a frozen random base passes almost no signal, so the old r
 import keras
 import numpy as np
 import pytest
+from conftest import make_image, make_image_folder
 
-from flowerft import train
 from flowerft.config import make_config
 from flowerft.errors import ConfigError
-
-from conftest import make_image, make_image_folder
+from flowerft.training import session
 
 
 def test_a_from_scratch_run_learns_an_easy_task_above_chance(tmp_path):
@@ -19,7 +18,7 @@ def test_a_from_scratch_run_learns_an_easy_task_above_chance(tmp_path):
                          tensorboard=False)
     assert config.epochs_head == 0  # no head phase on random frozen features
     said = []
-    result = train.run(config, notify=said.append)
+    result = session.run(config, notify=said.append)
     assert any("from scratch, the whole network and its BatchNorm learn" in line for line in said), said
     # Images the run never saw, predicted by the saved best model in inference mode (as `predict` does).
     rng = np.random.default_rng(7)

@@ -6,16 +6,16 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_base
 from PIL import Image
 
-from flowerft import gradcam, model as model_module
-from flowerft.backbones import BACKBONES
+from flowerft import model as model_module
+from flowerft.backbones.registry import BACKBONES
 from flowerft.config import make_config
 from flowerft.errors import FlowerftError
-from flowerft.evaluate import load_model
 from flowerft.model import build_model, unfreeze_base
-
-from conftest import tiny_base
+from flowerft.reporting import gradcam
+from flowerft.reporting.evaluate import load_model
 
 SIZE = 32
 PATCH = 8

@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 
 datasets = pytest.importorskip("datasets")  # in the test extra; the `hf` extra for users
 
-from flowerft import hf_datasets, sources  # noqa: E402
-from flowerft.cli import app  # noqa: E402
-from flowerft.config import make_config  # noqa: E402
-
 from conftest import make_image, one_line_error  # noqa: E402
 from source_runs import train_resume_evaluate_report  # noqa: E402
+
+from flowerft.cli import app  # noqa: E402
+from flowerft.config import make_config  # noqa: E402
+from flowerft.data import sources  # noqa: E402
+from flowerft.data import hf_datasets
 
 runner = CliRunner()
 BREEDS = ["beagle", "corgi", "pug"]

@@ -6,14 +6,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_trained, make_image_folder, tiny_base
 
-from flowerft import train
 from flowerft.config import make_config
 from flowerft.errors import ConfigError
-from flowerft.micro_batches import PerBatchSchedule, split_batches
 from flowerft.model import learning_rate_schedule
-
-from conftest import assert_trained, make_image_folder, tiny_base
+from flowerft.training import session
+from flowerft.training.micro_batches import PerBatchSchedule, split_batches
 
 
 def config(folder, run, **values):
@@ -41,8 +40,8 @@ def folder(tmp_path_factory):
 
 
 def test_micro_batches_end_with_the_weights_of_whole_batches(folder, tmp_path, tiny_backbone):
-    whole = train.run(config(folder, tmp_path / "whole"))
-    train.run(config(folder, tmp_path / "micro", micro_batch=2))
+    whole = session.run(config(folder, tmp_path / "whole"))
+    session.run(config(folder, tmp_path / "micro", micro_batch=2))
     assert whole.metrics["split_sizes"]["train"] % 4 != 0  # the short last batch is exercised
     assert_trained(tmp_path / "whole")  # the base and the head learned: equal weights mean something
     for a, b in zip(weights(tmp_path / "whole"), weights(tmp_path / "micro"), strict=True):

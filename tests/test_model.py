@@ -6,13 +6,19 @@ import keras
 import numpy as np
 import pytest
 
-from flowerft.callbacks import DivergenceGuard
+from flowerft.backbones.registry import get_backbone
 from flowerft.config import make_config
 from flowerft.errors import ConfigError, OfflineError
 from flowerft.model import (
-    all_layers, build_model, compile_for_phase, freeze_base, learning_rate_schedule, make_base, unfreeze_base,
+    all_layers,
+    build_model,
+    compile_for_phase,
+    freeze_base,
+    learning_rate_schedule,
+    make_base,
+    unfreeze_base,
 )
-from flowerft.backbones import get_backbone
+from flowerft.training.callbacks import DivergenceGuard
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 71, 71, 3)).astype("float32")
 PIXELS[0, 0, :3, :] = [[0, 0, 0], [255, 255, 255], [127, 128, 1]]
@@ -122,8 +128,9 @@ def test_cosine_schedule_warms_up_from_zero_then_falls_to_zero():
 
 
 def test_label_smoothing_trains_on_one_hot_targets_and_reports_accuracy():
-    from flowerft.train import one_hot_labels
     import tensorflow as tf
+
+    from flowerft.training.session import one_hot_labels
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])

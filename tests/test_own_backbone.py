@@ -4,18 +4,17 @@ evaluates, exports and reports like a built-in one; what is not an image model g
 from __future__ import annotations
 
 import json
-import os
 
 import keras
 import numpy as np
 import pytest
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app
 from flowerft.config import make_config
 from flowerft.errors import ConfigError, OfflineError
 from flowerft.model import all_layers, build_model, unfreeze_base
-from conftest import make_image_folder, one_line_error
 
 SIZE = 32
 
@@ -157,9 +156,9 @@ def test_a_keras_hub_preset_folder_trains_evaluates_exports_and_reports(tmp_path
 
 
 def test_a_preset_to_download_fails_at_once_offline(tmp_path, image_folder, monkeypatch):
-    from flowerft import hub_backbone
+    from flowerft.backbones import hub_presets
 
-    monkeypatch.setattr(hub_backbone, "_reachable", lambda host: False)
+    monkeypatch.setattr(hub_presets, "_reachable", lambda host: False)
     for preset in ("hf://timm/resnet18.a1_in1k", "kaggle://keras/resnetv2/keras/resnet_18_imagenet"):
         with pytest.raises(OfflineError, match="is unreachable; offline, give a preset folder"):
             build_model(make_config(backbone=preset, image_size=SIZE), 3)

@@ -5,13 +5,12 @@ import json
 import keras
 import numpy as np
 import pytest
-
-from flowerft import partial, train
-from flowerft.config import make_config
-from flowerft.errors import ConfigError, Interrupted
-
 from conftest import assert_trained, make_image_folder, tiny_base
 from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
+
+from flowerft.config import make_config
+from flowerft.errors import ConfigError, Interrupted
+from flowerft.training import partial_finetune, session
 
 
 def config(folder, run, **values):
@@ -32,12 +31,12 @@ def folder(tmp_path_factory):
 
 
 def train_tiny(config, **options):
-    """train.run with the tiny base under the head (module-scoped fixtures cannot use monkeypatch)."""
+    """session.run with the tiny base under the head (module-scoped fixtures cannot use monkeypatch)."""
     from flowerft import model
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size))
-        return train.run(config, **options)
+        return session.run(config, **options)
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +77,10 @@ def test_cached_activations_give_the_weights_of_the_plain_loop(plain, cached):
 
 def test_activations_too_large_for_memory_go_to_a_file_cache(folder, tmp_path, cached, monkeypatch):
     stored = []
-    monkeypatch.setattr(partial, "activations", lambda *a, _f=partial.activations: stored.append(a[3]) or _f(*a))
-    monkeypatch.setattr(partial.data, "ram_bytes", lambda: 1000)  # nothing fits
+    monkeypatch.setattr(partial_finetune, "activations", lambda *a, _f=partial_finetune.activations: stored.append(a[3]) or _f(*a))
+    monkeypatch.setattr(partial_finetune.pipelines, "ram_bytes", lambda: 1000)  # nothing fits
     train_tiny(config(folder, tmp_path / "run"))
-    assert [file.name for file in stored] == ["train.npy", "valid.npy"]
+    assert [file.name for file in stored] == ["session.npy", "valid.npy"]
     assert not (tmp_path / "run" / "cache").exists()  # removed with the run's other caches
     assert_same_training(tmp_path / "run", cached, 1e-6)
 
@@ -96,12 +95,12 @@ def test_a_cached_partial_run_stopped_mid_fine_tune_resumes_to_the_same_weights(
 
 def test_the_cut_splits_xception_into_two_models_that_compose_to_it():
     base = keras.applications.Xception(include_top=False, weights=None, input_shape=(71, 71, 3))
-    assert len(partial.blocks(base)) == 14
-    assert partial.cut_layer(base, make_config(finetune_blocks=2)) == "block13_sepconv1_act"
-    lower, upper = partial.split_base(base, make_config(finetune_blocks=2))
+    assert len(partial_finetune.blocks(base)) == 14
+    assert partial_finetune.cut_layer(base, make_config(finetune_blocks=2)) == "block13_sepconv1_act"
+    lower, upper = partial_finetune.split_base(base, make_config(finetune_blocks=2))
     images = np.random.default_rng(0).uniform(-1, 1, (2, 71, 71, 3)).astype("float32")
     np.testing.assert_allclose(upper(lower(images)), base(images), atol=1e-5)
-    partial.unfreeze_top(base, upper)
+    partial_finetune.unfreeze_top(base, upper)
     learning = {layer.name for layer in base.layers if layer.trainable_weights}
     assert "block13_sepconv1" in learning and "block14_sepconv2" in learning
     assert "block12_sepconv3" not in learning and not any(name.endswith("_bn") for name in learning)
@@ -115,7 +114,7 @@ def test_the_cut_splits_xception_into_two_models_that_compose_to_it():
 ])
 def test_a_cut_that_cannot_be_made_is_one_clear_error(values, message):
     with pytest.raises(ConfigError, match=message):
-        partial.split_base(tiny_base(residual=True), make_config(backbone="mobilenet", **values))
+        partial_finetune.split_base(tiny_base(residual=True), make_config(backbone="mobilenet", **values))
 
 
 def test_finetune_blocks_and_finetune_from_exclude_each_other():

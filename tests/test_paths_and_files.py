@@ -11,12 +11,12 @@ import sys
 import warnings
 
 import pytest
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
-from conftest import make_image_folder, one_line_error
-from flowerft import rundir
 from flowerft.cli import app
 from flowerft.config import make_config
+from flowerft.runs import layout
 
 runner = CliRunner()
 FAST = ["--weights", "none", "--backbone", "mobilenet", "--image-size", "32", "--batch-size", "4",
@@ -79,7 +79,7 @@ def test_a_run_started_with_a_relative_data_dir_evaluates_from_anywhere(tmp_path
     make_image_folder(tmp_path / "work" / "small", per_class=8)
     monkeypatch.chdir(tmp_path / "work")
     train("--data-dir", "small", "--run-dir", "run")
-    config = rundir.read_yaml(tmp_path / "work" / "run" / "config.yaml")
+    config = layout.read_yaml(tmp_path / "work" / "run" / "config.yaml")
     assert config["data_dir"] == str(tmp_path / "work" / "small")
     splits = json.loads((tmp_path / "work" / "run" / "splits.json").read_text())
     assert all(os.path.isabs(path) for path, _ in splits["test"])
@@ -89,7 +89,7 @@ def test_a_run_started_with_a_relative_data_dir_evaluates_from_anywhere(tmp_path
     # Resuming with the same relative option from the same folder agrees with the absolute record.
     monkeypatch.chdir(tmp_path / "work")
     assert make_config(data_dir="small").data_dir == "small"
-    from flowerft.train import resumed_config
+    from flowerft.training.session import resumed_config
 
     (tmp_path / "work" / "run" / "metrics.json").unlink()
     assert resumed_config(tmp_path / "work" / "run", make_config(), {"data_dir": "small"}).data_dir == config["data_dir"]
@@ -106,7 +106,7 @@ def test_evaluate_on_a_read_only_run_prints_the_report_and_says_where_to_write_i
     def read_only(path, text):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(rundir, "write_atomic", read_only)
+    monkeypatch.setattr(layout, "write_atomic", read_only)
     before = sorted(p.name for p in small_run.iterdir())
     result = runner.invoke(app, ["evaluate", "--run-dir", str(small_run), "--json"])
     assert result.exit_code == 0, result.output
@@ -147,7 +147,7 @@ def test_predicting_a_broken_jpeg_prints_only_our_line_on_stderr(small_run, tmp_
 
 
 def test_class_names_without_glyphs_plot_quietly(tmp_path):
-    from flowerft.evaluate import plot_confusion_matrix
+    from flowerft.reporting.evaluate import plot_confusion_matrix
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -159,10 +159,10 @@ def test_class_names_without_glyphs_plot_quietly(tmp_path):
 def test_run_files_follow_the_umask(small_run, tmp_path):
     previous = os.umask(0o022)
     try:
-        rundir.write_json(tmp_path / "x.json", {"a": 1})
+        layout.write_json(tmp_path / "x.json", {"a": 1})
         assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
         os.umask(0o077)
-        rundir.write_json(tmp_path / "private.json", {"a": 1})
+        layout.write_json(tmp_path / "private.json", {"a": 1})
         assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
     finally:
         os.umask(previous)

@@ -5,13 +5,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_image_folder, tiny_base_under_head
 from PIL import Image
 from typer.testing import CliRunner
 
-from flowerft import data, evaluate, predict, sources
 from flowerft.cli import app
-
-from conftest import make_image_folder, tiny_base_under_head
+from flowerft.data import image_io, pipelines, sources
+from flowerft.reporting import evaluate
+from flowerft.serving import predict
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
@@ -40,7 +41,7 @@ def test_predicting_a_file_matches_the_model_on_the_evaluation_pipeline(sensitiv
     config = evaluate.load_run_config(sensitive_run)
     splits = sources.load_recorded(sensitive_run, config)
     model = evaluate.load_model(evaluate.checkpoint_path(sensitive_run, "best"))
-    images, _ = next(iter(data.pipeline(splits, "test", config)))
+    images, _ = next(iter(pipelines.pipeline(splits, "test", config)))
     expected = model.predict_on_batch(images)
     # The outputs move with the pixels: 20% darker images, or another split's images, change them by far more than 1e-6.
     assert np.abs(model.predict_on_batch(images * 0.8) - expected).max() > 1e-2
@@ -91,9 +92,9 @@ def test_unusual_but_valid_images_are_predicted(trained_run, tmp_path):
 
 def test_decoding_keeps_the_first_gif_frame_and_scales_16_bit(tmp_path):
     unusual_images(tmp_path)
-    first = data.read_image(tmp_path / "animated.gif", 40).numpy()
-    assert np.abs(first.astype(int) - data.read_image(tmp_path / "palette.png", 40).numpy()).mean() < 3
-    np.testing.assert_array_equal(data.read_image(tmp_path / "gray16.png", 40), data.read_image(tmp_path / "gray.png", 40))
+    first = image_io.read_image(tmp_path / "animated.gif", 40).numpy()
+    assert np.abs(first.astype(int) - image_io.read_image(tmp_path / "palette.png", 40).numpy()).mean() < 3
+    np.testing.assert_array_equal(image_io.read_image(tmp_path / "gray16.png", 40), image_io.read_image(tmp_path / "gray.png", 40))
 
 
 def broken_inputs(folder):

@@ -5,7 +5,7 @@ import io
 from rich.console import Console
 
 from flowerft.cli.predict_command import prediction_table
-from flowerft.predict import Prediction
+from flowerft.serving.predict import Prediction
 
 TOP = [{"label": "dandelion", "probability": 0.91}, {"label": "roses", "probability": 0.05}, {"label": "tulips", "probability": 0.01}]
 

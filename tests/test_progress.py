@@ -7,9 +7,9 @@ import pytest
 from rich.console import Console
 
 from flowerft.cli import phase_table
+from flowerft.cli.progress_display import RunClock, training_display
 from flowerft.config import make_config
-from flowerft.progress import RunClock, training_display
-from flowerft.summary import PhaseResult, summarize
+from flowerft.training.summary import PhaseResult, summarize
 
 TIME = re.compile(r"\d:\d\d:\d\d")
 

@@ -9,16 +9,15 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import make_image_folder, one_line_error, tiny_base_under_head
 from typer.testing import CliRunner
 
 from flowerft import model as model_module
-from flowerft.backbones import get_backbone
+from flowerft.backbones.registry import get_backbone
 from flowerft.cli import app
 from flowerft.config import DEFAULTS
 from flowerft.errors import OfflineError
 from flowerft.model import make_base
-
-from conftest import make_image_folder, one_line_error, tiny_base_under_head
 
 runner = CliRunner()
 TRAIN = ["--weights", "none", "--backbone", "mobilenet", "--image-size", "32", "--batch-size", "4",
@@ -84,18 +83,18 @@ def test_export_of_the_final_checkpoint_into_another_folder(latest, tmp_path):
 
 
 def test_resume_after_the_data_folder_moved_names_the_missing_files_and_works_once_it_is_back(tmp_path):
-    from flowerft import train
+    from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
+
     from flowerft.config import make_config
     from flowerft.errors import Interrupted
-
-    from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
+    from flowerft.training import session
 
     folder = make_image_folder(tmp_path / "flowers", per_class=10)
     run = tmp_path / "run"
     config = make_config(data_dir=str(folder), weights="none", backbone="mobilenet", image_size=32, batch_size=4,
                          epochs_head=1, epochs_finetune=1, run_dir=str(run), tensorboard=False)
     with tiny_base_under_head(), pytest.raises(Interrupted):
-        train.run(config, callbacks=lambda phase, c: [StopAfter(1)])
+        session.run(config, callbacks=lambda phase, c: [StopAfter(1)])
     folder.rename(tmp_path / "elsewhere")
     message = one_line_error(runner.invoke(app, ["train", "--resume", "--run-dir", str(run)]))
     assert "files recorded in" in message and "are missing" in message and str(folder) in message

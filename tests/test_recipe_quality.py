@@ -29,16 +29,16 @@ def devkit_slice(target: Path) -> Path:
 @pytest.mark.skipif(not (WEIGHTS.is_file() and IMAGES.is_dir()),
                     reason=f"no dev kit at {DEVKIT}: run `PY=.venv/bin/python bash ../shared/devkit/setup.sh`")
 def test_the_default_recipe_fine_tunes_past_the_head_on_real_images(tmp_path):
-    from flowerft import train
     from flowerft.config import make_config
-    from flowerft.evaluate import predict_split
+    from flowerft.reporting.evaluate import predict_split
+    from flowerft.training import session
 
     config = make_config(
         data_dir=str(devkit_slice(tmp_path / "images")), weights=str(WEIGHTS), image_size=96,
         epochs_head=3, epochs_finetune=3, seed=1, run_dir=str(tmp_path / "run"), tensorboard=False,
     )
     assert config.recipe == "flowerft"
-    result = train.run(config)
+    result = session.run(config)
     phases = result.metrics["phases"]
     assert phases["finetune"]["stopped_because"] is None and phases["finetune"]["epochs_run"] == 3
 

@@ -7,11 +7,10 @@ import shutil
 from html.parser import HTMLParser
 
 import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-
-from conftest import one_line_error
 
 runner = CliRunner()
 
@@ -141,9 +140,9 @@ def test_report_of_a_tfds_run_shows_the_test_images_from_the_dataset(run_copy, t
     import tensorflow_datasets as tfds
     import yaml
 
-    from flowerft import sources
+    from flowerft.data import network
 
-    monkeypatch.setattr(sources, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    monkeypatch.setattr(network, "check_online", lambda *a: None)  # mock_data makes the download a no-op
     report(run_copy)  # evaluated as a folder run; now make it the TFDS run it could have been
     config = yaml.safe_load((run_copy / "config.yaml").read_text())
     (run_copy / "config.yaml").write_text(yaml.safe_dump(config | {"data_dir": None, "tfds_data_dir": str(tmp_path / "tfds")}))

@@ -11,16 +11,16 @@ import keras
 import numpy as np
 import pytest
 import yaml
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
-from flowerft import rundir, state
-from flowerft.callbacks import BestCheckpoint, DivergenceGuard
 from flowerft.cli import app
 from flowerft.config import DEFAULTS, make_config, to_dict
 from flowerft.errors import FlowerftError
-from flowerft.train import _fit_phase, resumed_config
-
-from conftest import make_image_folder, one_line_error
+from flowerft.runs import layout
+from flowerft.training import checkpoints
+from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard
+from flowerft.training.session import _fit_phase, resumed_config
 
 runner = CliRunner()
 EPOCHS_HEAD, EPOCHS_FINETUNE = 2, 6
@@ -86,7 +86,7 @@ def test_sigkill_during_fine_tuning_then_resume(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "cache": "file"}))
     (run / "cache").mkdir()
     (run / "cache" / "train_0.lockfile").write_text("")
-    # What a kill inside rundir.write_atomic leaves: a temporary file never renamed into place.
+    # What a kill inside layout.write_atomic leaves: a temporary file never renamed into place.
     (run / ".history_finetune.csv.k1ll3d.tmp").write_text("half a CSV")
     (run / "state" / ".progress.json.k1ll3d.tmp").write_text("{")
 
@@ -115,21 +115,21 @@ def test_ctrl_c_saves_state_and_says_how_to_resume(tmp_path, monkeypatch):
 
 
 def test_check_new_refuses_to_replace_a_run_or_a_foreign_folder(tmp_path):
-    rundir.check_new(tmp_path / "missing", overwrite=False)
+    layout.check_new(tmp_path / "missing", overwrite=False)
     (tmp_path / "empty").mkdir()
-    rundir.check_new(tmp_path / "empty", overwrite=False)
+    layout.check_new(tmp_path / "empty", overwrite=False)
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     with pytest.raises(FlowerftError, match="not a flowerft run"):
-        rundir.check_new(tmp_path / "photos", overwrite=True)
+        layout.check_new(tmp_path / "photos", overwrite=True)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("seed: 1\nepochs: 3\n")
     with pytest.raises(FlowerftError, match="not a flowerft run"):  # another tool's config.yaml
-        rundir.check_new(tmp_path / "run", overwrite=True)
+        layout.check_new(tmp_path / "run", overwrite=True)
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(to_dict(make_config())))
     with pytest.raises(FlowerftError, match="--overwrite"):
-        rundir.check_new(tmp_path / "run", overwrite=False)
-    rundir.check_new(tmp_path / "run", overwrite=True)
+        layout.check_new(tmp_path / "run", overwrite=False)
+    layout.check_new(tmp_path / "run", overwrite=True)
 
 
 def test_overwrite_replaces_a_run(tmp_path):
@@ -187,7 +187,7 @@ def test_finish_commit_publishes_the_committed_best_and_drops_the_rest(tmp_path)
     (folder / "finetune_best-e4.keras").write_text("epoch 4")  # committed, then killed before the move
     (folder / "finetune_best-e5.keras").write_text("epoch 5")  # saved, never committed
     (folder / ".tmp-finetune-e5.weights.h5").write_text("half")
-    state.finish_commit(tmp_path, state.Progress("finetune", epochs_done=4, best_file="finetune_best-e4.keras"), published)
+    checkpoints.finish_commit(tmp_path, checkpoints.Progress("finetune", epochs_done=4, best_file="finetune_best-e4.keras"), published)
     assert published.read_text() == "epoch 4"
     assert list(folder.iterdir()) == []
 
@@ -214,29 +214,29 @@ def test_a_diverged_phase_is_saved_with_its_best_weights(tmp_path):
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 1)
-    progress = state.Progress("head")
+    progress = checkpoints.Progress("head")
     guard = DivergenceGuard(factor=100)
-    best = BestCheckpoint(model, tmp_path / state.STATE, "head_best", guard=guard)
+    best = BestCheckpoint(model, tmp_path / checkpoints.STATE, "head_best", guard=guard)
     published = tmp_path / "head_best.keras"
-    epoch_state = state.EpochState(tmp_path, progress, best, guard, published)
+    epoch_state = checkpoints.EpochState(tmp_path, progress, best, guard, published)
     callbacks = [PoisonAtEpoch(2), guard, best, epoch_state]
     model.fit(x, y, batch_size=8, epochs=20, validation_data=(x, y), callbacks=callbacks, verbose=0)
-    saved = state.Progress.load(tmp_path)
+    saved = checkpoints.Progress.load(tmp_path)
     assert guard.reason == "loss became nan"
     assert saved.stopped == guard.reason and saved.epochs_done == 3 and saved.best_file is not None
     stored = tiny_classifier()
-    stored.load_weights(tmp_path / state.STATE / saved.weights)
+    stored.load_weights(tmp_path / checkpoints.STATE / saved.weights)
     assert all(np.isfinite(w).all() and np.array_equal(w, m) for w, m in zip(stored.get_weights(), model.get_weights()))
     # The best checkpoint is a clean epoch's, moved into place, and it is the weights kept.
     assert int(saved.best_file.rsplit("-e", 1)[1].split(".")[0]) in (1, 2)
-    assert published.is_file() and not list((tmp_path / state.STATE).glob("*.keras"))
+    assert published.is_file() and not list((tmp_path / checkpoints.STATE).glob("*.keras"))
     checkpoint = keras.saving.load_model(published)
     assert all(np.array_equal(w, m) for w, m in zip(checkpoint.get_weights(), model.get_weights()))
 
 
 def test_a_phase_stopped_for_divergence_stays_over_on_resume(tmp_path, monkeypatch):
     model = tiny_classifier()
-    progress = state.Progress("head", epochs_done=2, history=[
+    progress = checkpoints.Progress("head", epochs_done=2, history=[
         {"phase": "head", "epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0},
         {"phase": "head", "epoch": 2, "val_accuracy": 0.9, "val_loss": float("nan")},  # validated diverged
     ], stopped="loss became nan")

@@ -8,20 +8,19 @@ import sys
 import time
 
 import yaml
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
-from flowerft import runlock
 from flowerft.cli import app
 from flowerft.config import make_config, to_dict
-
-from conftest import make_image_folder, one_line_error
+from flowerft.runs import lock
 
 runner = CliRunner()
 
 HOLD = """
 import sys, time
-from flowerft import runlock
-with runlock.hold(sys.argv[1]):
+from flowerft.runs import lock
+with lock.hold(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
 """
@@ -50,14 +49,14 @@ def test_a_run_in_use_refuses_a_second_trainer_and_evaluate_names_the_process(tm
                      ["export", "--run-dir", str(run)]):
             message = one_line_error(runner.invoke(app, args))
             assert f"is still training (process {proc.pid} on " in message
-        assert runlock.holder(run).startswith(f"process {proc.pid} on ")
+        assert lock.holder(run).startswith(f"process {proc.pid} on ")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     # The kernel dropped the dead process's lock; its file stays and means nothing.
-    assert (run / runlock.LOCK).is_file() and runlock.holder(run) is None
-    with runlock.hold(run):
-        assert runlock.holder(run).startswith(f"process {os.getpid()} on ")
+    assert (run / lock.LOCK).is_file() and lock.holder(run) is None
+    with lock.hold(run):
+        assert lock.holder(run).startswith(f"process {os.getpid()} on ")
 
 
 def test_a_refused_new_run_leaves_no_folder_behind(tmp_path):
@@ -77,14 +76,14 @@ def test_the_same_resume_command_starts_finishes_and_then_leaves_the_run_alone(t
     assert first.exit_code == 0, first.output
     assert f"nothing to resume in {run} yet: starting a new run" in first.output
     metrics = (run / "metrics.json").read_text()
-    modified = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != runlock.LOCK}
+    modified = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != lock.LOCK}
 
     again = runner.invoke(app, command)  # the job restarted after it succeeded
     assert again.exit_code == 0, again.output
     assert f"{run} finished training already; nothing to resume" in again.output
     assert "Training summary" in again.output and "Best model:" in again.output
     assert (run / "metrics.json").read_text() == metrics
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != runlock.LOCK} == modified
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != lock.LOCK} == modified
 
     # Re-issued with other options, it is another run: refused, not silently "finished".
     message = one_line_error(runner.invoke(app, [*command[:-3], "--epochs-finetune", "3", "--run-dir", str(run), "--resume"]))

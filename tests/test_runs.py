@@ -5,12 +5,11 @@ import os
 
 import pytest
 import yaml
+from conftest import one_line_error
 from typer.testing import CliRunner
 
-from flowerft import runlock, runs
 from flowerft.cli import app
-
-from conftest import one_line_error
+from flowerft.runs import listing, lock
 
 runner = CliRunner()
 CONFIG = dict(backbone="xception", image_size=96, epochs_head=3, lr_head=0.02, epochs_finetune=2, lr_finetune=0.001)
@@ -51,8 +50,8 @@ def root(tmp_path):
 
 
 def test_each_folder_gets_its_status_and_figures_newest_first(root):
-    rows = {r.name: r for r in runs.list_runs(root)}
-    assert [r.name for r in runs.list_runs(root)] == ["died-early", "killed", "newer-worse", "old-good", "holiday-photos"]
+    rows = {r.name: r for r in listing.list_runs(root)}
+    assert [r.name for r in listing.list_runs(root)] == ["died-early", "killed", "newer-worse", "old-good", "holiday-photos"]
     assert rows["old-good"].status == "finished" and rows["old-good"].best
     assert (rows["old-good"].epochs_run, rows["old-good"].epochs_planned) == (5, 5)
     assert rows["old-good"].test_accuracy == 0.961 and rows["old-good"].wall_time_s == 300.0
@@ -65,11 +64,11 @@ def test_each_folder_gets_its_status_and_figures_newest_first(root):
 
 
 def test_a_run_whose_lock_is_held_is_in_progress(root):
-    (root / "killed" / runlock.LOCK).write_text("process 1 on gone, since yesterday\n")
-    assert runs.status(root / "killed") == "interrupted (resumable)"  # a lock file nobody holds: a killed run
-    with runlock.hold(root / "killed"):  # as `train` does while it trains
-        assert runs.status(root / "killed") == "in progress"
-    assert runs.status(root / "killed") == "interrupted (resumable)"
+    (root / "killed" / lock.LOCK).write_text("process 1 on gone, since yesterday\n")
+    assert listing.status(root / "killed") == "interrupted (resumable)"  # a lock file nobody holds: a killed run
+    with lock.hold(root / "killed"):  # as `train` does while it trains
+        assert listing.status(root / "killed") == "in progress"
+    assert listing.status(root / "killed") == "interrupted (resumable)"
 
 
 def test_runs_table_reads_at_80_columns(root):

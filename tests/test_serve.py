@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-
-from flowerft import data, predict, serve
 from server_process import ServerProcess
+
+from flowerft.data import image_io
+from flowerft.serving import predict, serve
 
 RNG = np.random.default_rng(0)
 
@@ -56,7 +57,7 @@ def images(tmp_path_factory):
 def expected(trained_run, images):
     predictor, _ = predict.load_predictor(trained_run)
     files = list(images.values())
-    return {f: predictor(data.read_image(f, predictor.image_size).numpy()[None])[0] for f in files}, predictor
+    return {f: predictor(image_io.read_image(f, predictor.image_size).numpy()[None])[0] for f in files}, predictor
 
 
 def tf_predict(server, body, name="flowerft", **kw):
@@ -88,7 +89,7 @@ def test_serving_bytes_takes_b64_jpeg_png_and_webp_and_answers_as_predict_does(s
 def test_serving_default_takes_pixel_arrays(server, images, expected):
     probabilities, predictor = expected
     f = images["PNG"]
-    pixels = data.read_image(f, predictor.image_size).numpy()
+    pixels = image_io.read_image(f, predictor.image_size).numpy()
     for body in ({"instances": [pixels.tolist()]}, {"signature_name": "serving_default", "instances": [{"images": pixels.tolist()}]},
                  {"inputs": {"images": [pixels.tolist()]}}):
         response = tf_predict(server, body)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-
 from server_process import ServerProcess
 
 DRIVER = shutil.which("chromedriver")

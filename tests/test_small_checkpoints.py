@@ -10,13 +10,12 @@ import keras
 import numpy as np
 import pytest
 import yaml
-
-from flowerft import state, train
-from flowerft.config import make_config, to_dict
-from flowerft.errors import FlowerftError, Interrupted
-
 from conftest import make_image_folder
 from test_exact_resume import StopAfter
+
+from flowerft.config import make_config, to_dict
+from flowerft.errors import FlowerftError, Interrupted
+from flowerft.training import checkpoints, session
 
 
 def config(folder, run):
@@ -29,7 +28,7 @@ def stopped_in_the_head_phase(tmp_path_factory):
     folder = make_image_folder(tmp_path_factory.mktemp("small") / "flowers", per_class=8)
     run = tmp_path_factory.mktemp("small") / "run"
     with pytest.raises(Interrupted):
-        train.run(config(folder, run), callbacks=lambda phase, c: [StopAfter(2)])
+        session.run(config(folder, run), callbacks=lambda phase, c: [StopAfter(2)])
     return folder, run
 
 
@@ -42,10 +41,10 @@ def h5_groups(path):
 
 def test_the_head_phase_state_holds_the_head_and_the_base_by_reference(stopped_in_the_head_phase):
     folder, run = stopped_in_the_head_phase
-    files = {p.name: p.stat().st_size for p in (run / state.STATE).iterdir()}
-    assert not (run / state.STATE / state.INITIAL_WEIGHTS).exists() and not list((run / state.STATE).glob("*.keras"))
-    assert json.loads((run / state.STATE / state.INITIAL).read_text())["checksum"].startswith("crc32:")
-    progress = state.Progress.load(run)
+    files = {p.name: p.stat().st_size for p in (run / checkpoints.STATE).iterdir()}
+    assert not (run / checkpoints.STATE / checkpoints.INITIAL_WEIGHTS).exists() and not list((run / checkpoints.STATE).glob("*.keras"))
+    assert json.loads((run / checkpoints.STATE / checkpoints.INITIAL).read_text())["checksum"].startswith("crc32:")
+    progress = checkpoints.Progress.load(run)
     assert progress.best_file.startswith("head_best-e") and progress.best_file in files
     # The whole classifier (MobileNet at 32 px) is 13 MB; the head and its optimizer a few kB.
     assert max(files.values()) < 50_000, files
@@ -56,11 +55,11 @@ def test_the_resumed_run_publishes_the_best_head_on_the_base_and_ships_no_optimi
     folder, stopped = stopped_in_the_head_phase
     run = tmp_path / "run"
     shutil.copytree(stopped, run)
-    with h5py.File(run / state.STATE / state.Progress.load(run).best_file, "r") as f:
+    with h5py.File(run / checkpoints.STATE / checkpoints.Progress.load(run).best_file, "r") as f:
         staged = []
         f.visititems(lambda name, item: staged.append(np.asarray(item)) if isinstance(item, h5py.Dataset) else None)
     assert sorted(a.shape for a in staged) == [(3,), (1024, 3)]  # the head's kernel and bias, nothing else
-    result = train.run(config(folder, run), resume=True)
+    result = session.run(config(folder, run), resume=True)
     head_best = keras.saving.load_model(run / "checkpoints" / "head_best.keras", safe_mode=True)
     assert head_best.input_shape == (None, 32, 32, 3)  # the whole classifier
     if result.metrics["phases"]["head"]["best_epoch"] <= 2:  # the staged head stayed the best
@@ -77,10 +76,10 @@ def test_a_resume_whose_base_is_not_the_one_it_started_from_is_refused(stopped_i
     folder, stopped = stopped_in_the_head_phase
     run = tmp_path / "run"
     shutil.copytree(stopped, run)
-    recorded = json.loads((run / state.STATE / state.INITIAL).read_text())
-    (run / state.STATE / state.INITIAL).write_text(json.dumps({**recorded, "checksum": "crc32:00000000"}))
+    recorded = json.loads((run / checkpoints.STATE / checkpoints.INITIAL).read_text())
+    (run / checkpoints.STATE / checkpoints.INITIAL).write_text(json.dumps({**recorded, "checksum": "crc32:00000000"}))
     with pytest.raises(FlowerftError, match="cannot resume .* differs from the one the run started with"):
-        train.run(config(folder, run), resume=True)
+        session.run(config(folder, run), resume=True)
 
 
 def test_a_run_killed_while_its_run_dir_was_started_is_started_again_by_resume(stopped_in_the_head_phase, tmp_path):
@@ -91,6 +90,6 @@ def test_a_run_killed_while_its_run_dir_was_started_is_started_again_by_resume(s
     (run / "config.yaml").write_text(yaml.safe_dump(to_dict(config(folder, run))))
     resumed = dataclasses.replace(config(folder, run), epochs_head=1, epochs_finetune=0)
     messages = []
-    result = train.run(resumed, notify=messages.append, resume=True)
+    result = session.run(resumed, notify=messages.append, resume=True)
     assert any("was stopped before its training began: starting it again" in m for m in messages)
     assert result.metrics["phases"]["head"]["epochs_run"] == 1

@@ -8,15 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from flowerft import sources
-from flowerft.cli import app
-from flowerft.config import make_config
-from flowerft.errors import DataError
-
 from conftest import CLASSES, make_image_folder, one_line_error
 from source_runs import train_resume_evaluate_report
+from typer.testing import CliRunner
+
+from flowerft.cli import app
+from flowerft.config import make_config
+from flowerft.data import sources
 
 runner = CliRunner()
 SMALL = dict(sizes=(32, 40))

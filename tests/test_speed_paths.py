@@ -4,12 +4,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from flowerft import data, rundir, sources, train
-from flowerft.config import make_config
-from flowerft.model import build_model
-
 from conftest import HEAD_KERNEL, MOVED, assert_differ, make_image_folder, named_weights
+
+from flowerft.config import make_config
+from flowerft.data import pipelines, sources
+from flowerft.model import build_model
+from flowerft.runs import layout
+from flowerft.training import session
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def test_memory_cache_gives_the_same_shuffled_batches_as_decoding_every_epoch(fo
     config = config_for(folder)
     splits = sources.load(config)
     tf.random.set_seed(0)
-    plain = epochs_of(data.pipeline(splits, "train", config, training=True, cache="none"))
+    plain = epochs_of(pipelines.pipeline(splits, "train", config, training=True, cache="none"))
     tf.random.set_seed(0)
-    cached = epochs_of(data.pipeline(splits, "train", config, training=True, cache="memory"))
+    cached = epochs_of(pipelines.pipeline(splits, "train", config, training=True, cache="memory"))
     for epoch_plain, epoch_cached in zip(plain, cached):
         for (xp, yp), (xc, yc) in zip(epoch_plain, epoch_cached):
             np.testing.assert_array_equal(xp, xc)
@@ -45,8 +46,8 @@ def test_memory_cache_gives_the_same_shuffled_batches_as_decoding_every_epoch(fo
 def test_file_cache_holds_the_same_images(folder, tmp_path):
     config = config_for(folder)
     splits = sources.load(config)
-    cached = data.pipeline(splits, "valid", config, cache="file", cache_dir=tmp_path)
-    plain = data.pipeline(splits, "valid", config)
+    cached = pipelines.pipeline(splits, "valid", config, cache="file", cache_dir=tmp_path)
+    plain = pipelines.pipeline(splits, "valid", config)
     for _ in range(2):  # the second pass reads the cache
         for (xc, yc), (xp, yp) in zip(cached, plain):
             np.testing.assert_array_equal(xc, xp)
@@ -54,21 +55,21 @@ def test_file_cache_holds_the_same_images(folder, tmp_path):
 
 
 def test_cache_auto_uses_memory_when_it_fits():
-    assert data.cache_mode(make_config(), 3670) == "memory"  # tf_flowers at 224 px: 550 MB
-    assert data.cache_mode(make_config(), 10**7) == "file"
-    assert data.cache_mode(make_config(cache="none"), 10) == "none"
+    assert pipelines.cache_mode(make_config(), 3670) == "memory"  # tf_flowers at 224 px: 550 MB
+    assert pipelines.cache_mode(make_config(), 10**7) == "file"
+    assert pipelines.cache_mode(make_config(cache="none"), 10) == "none"
 
 
 def test_augmentation_changes_training_images_only(folder):
     config = config_for(folder, augment=True)
     splits = sources.load(config)
     tf.random.set_seed(0)
-    augmented = next(iter(data.pipeline(splits, "train", config, training=True, cache="memory")))[0]
+    augmented = next(iter(pipelines.pipeline(splits, "train", config, training=True, cache="memory")))[0]
     tf.random.set_seed(0)
-    plain = next(iter(data.pipeline(splits, "train", config_for(folder), training=True, cache="memory")))[0]
+    plain = next(iter(pipelines.pipeline(splits, "train", config_for(folder), training=True, cache="memory")))[0]
     assert augmented.shape == plain.shape and not np.allclose(augmented, plain)
-    valid = next(iter(data.pipeline(splits, "valid", config)))[0]
-    np.testing.assert_array_equal(valid, next(iter(data.pipeline(splits, "valid", config_for(folder))))[0])
+    valid = next(iter(pipelines.pipeline(splits, "valid", config)))[0]
+    np.testing.assert_array_equal(valid, next(iter(pipelines.pipeline(splits, "valid", config_for(folder))))[0])
 
 
 def head_after_phase(folder, tmp_path, cached: bool):
@@ -77,13 +78,13 @@ def head_after_phase(folder, tmp_path, cached: bool):
     keras.utils.set_random_seed(0)
     model, base = build_model(config, 3)
     start = named_weights(model)
-    run_dir = rundir.make_run_dir(tmp_path / ("cached" if cached else "plain"))
+    run_dir = layout.make_run_dir(tmp_path / ("cached" if cached else "plain"))
     # The plain loop decodes every epoch; the cached path reads decoded images from memory.
-    epoch = data.epoch_variable()
-    train_ds = data.pipeline(splits, "train", config, training=True, cache="none", epoch=epoch)
-    valid_ds = data.pipeline(splits, "valid", config, cache="none")
-    unshuffled = data.pipeline(splits, "train", config, cache="memory") if cached else None
-    result = train.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [],
+    epoch = pipelines.epoch_variable()
+    train_ds = pipelines.pipeline(splits, "train", config, training=True, cache="none", epoch=epoch)
+    valid_ds = pipelines.pipeline(splits, "valid", config, cache="none")
+    unshuffled = pipelines.pipeline(splits, "train", config, cache="memory") if cached else None
+    result = session.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [],
                               shuffle_epoch=epoch, unshuffled_train_ds=unshuffled)
     return model, result, run_dir, start
 
@@ -109,7 +110,7 @@ def test_head_on_cached_features_matches_the_plain_loop(folder, tmp_path, tiny_b
 
 def test_mixed_precision_run_keeps_a_float32_output(folder, tmp_path):
     config = config_for(folder, epochs_head=1, epochs_finetune=1, mixed_precision=True, run_dir=str(tmp_path / "run"))
-    result = train.run(config)
+    result = session.run(config)
     assert result.metrics["precision_policy"] == "mixed_bfloat16"  # no GPU here
     model = keras.saving.load_model(tmp_path / "run" / result.metrics["final_checkpoint"], safe_mode=True)
     assert model.get_layer("predictions").dtype_policy.name == "float32"

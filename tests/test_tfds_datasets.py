@@ -8,14 +8,13 @@ import socket
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from typer.testing import CliRunner
-
-from flowerft import sources
-from flowerft.cli import app
-from flowerft.config import make_config
-
 from conftest import make_image, one_line_error
 from source_runs import train_resume_evaluate_report
+from typer.testing import CliRunner
+
+from flowerft.cli import app
+from flowerft.config import make_config
+from flowerft.data import sources, tfds_datasets
 
 runner = CliRunner()
 COLOURS = ["red", "green", "blue"]
@@ -124,7 +123,7 @@ def test_bad_tfds_input_gives_one_line(tfds_dir, args, message):
 
 
 def test_an_unprepared_dataset_probes_the_network_and_fails_fast_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
+    monkeypatch.setattr(tfds_datasets, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
     result = runner.invoke(app, ["train", "--tfds", "flowerft_tiny_colours", "--tfds-data-dir", str(tmp_path / "empty"),
                                  "--weights", "none", "--image-size", "71"])
     line = one_line_error(result)

@@ -14,13 +14,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from flowerft import sources
 from flowerft.cli import app
-
-from conftest import make_image
+from flowerft.data import network
 
 runner = CliRunner()
 # The real archive's folders; TFDS's ClassLabel orders them dandelion, daisy, tulips, sunflowers, roses.
@@ -68,8 +67,8 @@ def test_train_evaluate_predict_and_report_on_a_prepared_tf_flowers(tf_flowers_d
     import tensorflow_datasets as tfds
 
     probes = []
-    probe = sources.check_online
-    monkeypatch.setattr(sources, "check_online", lambda *a: probes.append(a) or probe(*a))
+    probe = network.check_online
+    monkeypatch.setattr(network, "check_online", lambda *a: probes.append(a) or probe(*a))
     run = tmp_path / "run"
     result = runner.invoke(app, [
         "train", "--tfds-data-dir", str(tf_flowers_dir), "--weights", "none", "--backbone", "mobilenet",

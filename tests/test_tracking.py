@@ -10,14 +10,13 @@ import time
 import keras
 import pytest
 import yaml
+from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
-from flowerft import train
 from flowerft.cli import app
 from flowerft.config import make_config
 from flowerft.errors import Interrupted
-
-from conftest import make_image_folder, one_line_error
+from flowerft.training import session
 
 pytest.importorskip("mlflow")  # in the `test` extra; skipped only where flowerft[mlflow] is not installed
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -104,12 +103,12 @@ class StopAt(keras.callbacks.Callback):
 def test_an_interrupted_run_resumed_has_every_epoch_once_in_the_same_mlflow_run(tracked, store, tmp_path, stop):
     run_dir = tmp_path / "run"
     with pytest.raises(Interrupted):
-        train.run(config(tracked, run_dir), callbacks=lambda phase, c: [StopAt(*stop)])
+        session.run(config(tracked, run_dir), callbacks=lambda phase, c: [StopAt(*stop)])
     client, run = mlflow_run(store, run_dir)
     assert run.info.status == "KILLED"
     assert steps(client, run.info.run_id) == list(range(1, stop[0] + stop[1]))  # what was logged before the stop
 
-    train.run(config(tracked, run_dir), resume=True)
+    session.run(config(tracked, run_dir), resume=True)
     client, resumed = mlflow_run(store, run_dir)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     for key in ("loss", "val_accuracy"):
@@ -155,7 +154,7 @@ def test_an_unreachable_server_warns_once_and_training_goes_on(tracked, monkeypa
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     run_dir = tmp_path / "run"
     messages = []
-    result = train.run(config(tracked, run_dir), notify=messages.append)
+    result = session.run(config(tracked, run_dir), notify=messages.append)
     assert result.metrics["best_checkpoint"] and (run_dir / "metrics.json").is_file()
     warnings = [m for m in messages if "MLflow" in m]
     assert len(warnings) == 1 and "127.0.0.1:9" in warnings[0] and "training goes on" in warnings[0]

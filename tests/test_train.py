@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
-from flowerft import sources, train
 from flowerft.config import make_config
-from flowerft.summary import PhaseResult, summarize
+from flowerft.data import network
+from flowerft.training import session
+from flowerft.training.summary import PhaseResult, summarize
 
 
 def test_train_writes_every_artifact(trained_run):
@@ -108,7 +109,7 @@ def test_zero_epochs_everywhere_falls_back_to_the_final_model():
 def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(sources, "check_online", lambda *a: None)  # mock_data makes the download a no-op
+    monkeypatch.setattr(network, "check_online", lambda *a: None)  # mock_data makes the download a no-op
     config = make_config(
         tfds_data_dir=str(tmp_path / "tfds"), backbone="mobilenet", weights="none", image_size=32,
         batch_size=4, epochs_head=1, epochs_finetune=1, run_dir=str(tmp_path / "run"), tensorboard=False,
@@ -124,7 +125,7 @@ def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
             phases.append((self.name, epoch))
 
     with tfds.testing.mock_data(num_examples=8):
-        result = train.run(config, callbacks=lambda name, config: [Seen(name)])
+        result = session.run(config, callbacks=lambda name, config: [Seen(name)])
     assert phases == [("head", 0), ("finetune", 1)]
     assert json.loads((tmp_path / "run" / "class_names.json").read_text()) == [
         "dandelion", "daisy", "tulips", "sunflowers", "roses"]
@@ -154,7 +155,7 @@ def test_cosine_warm_up_and_label_smoothing_run_end_to_end(tmp_path):
             optimizer = self.model.optimizer
             seen[self.phase] = (self.model.loss, int(optimizer.iterations), float(optimizer.learning_rate))
 
-    result = train.run(config, callbacks=lambda phase, config: [AtTheEnd(phase)])
+    result = session.run(config, callbacks=lambda phase, config: [AtTheEnd(phase)])
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert all(0 <= row["val_accuracy"] <= 1 for row in history)  # accuracy on one-hot labels

@@ -39,13 +39,18 @@ def main_options(
 
 
 # Each module registers its command on `app` (the order here is the order of `--help`).
-from flowerft.cli import (  # noqa: E402,F401
-    train_command, evaluate_command, predict_command, export_command, report_command, runs_command,
-)
-from flowerft.cli import configs_command  # noqa: E402,F401
 from flowerft.cli import backbones_command  # noqa: E402,F401
+from flowerft.cli import configs_command  # noqa: E402,F401
 from flowerft.cli import explain_command  # noqa: E402,F401
 from flowerft.cli import serve_command  # noqa: E402,F401
+from flowerft.cli import (  # noqa: E402,F401
+    evaluate_command,
+    export_command,
+    predict_command,
+    report_command,
+    runs_command,
+    train_command,
+)
 from flowerft.cli.train_command import phase_table  # noqa: E402,F401
 
 

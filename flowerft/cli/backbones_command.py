@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from flowerft.backbones import keras_models_dir, table_rows
+from flowerft.backbones.registry import keras_models_dir, table_rows
 from flowerft.cli import app
 from flowerft.cli.common import console
 

@@ -83,9 +83,9 @@ def import_tensorflow_quietly() -> None:
 
 def check_run_exists(run_dir: str | None) -> None:
     """Say a missing run at once, before TensorFlow's import takes its seconds (the command checks it again)."""
-    from flowerft import rundir  # plain files and YAML: no TensorFlow
+    from flowerft.runs import layout  # plain files and YAML: no TensorFlow
 
-    rundir.find_run(run_dir)
+    layout.find_run(run_dir)
 
 
 def pct(value) -> str:

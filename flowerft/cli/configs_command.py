@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.config import shipped_configs
-from flowerft.errors import FlowerftError
 from flowerft.cli import app
 from flowerft.cli.common import console, fail
+from flowerft.config import shipped_configs
+from flowerft.errors import FlowerftError
 
 
 @app.command()

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.errors import FlowerftError
 from flowerft.cli import app
 from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, num, pct
+from flowerft.errors import FlowerftError
 
 
 @app.command()
@@ -26,7 +26,7 @@ def evaluate(
     try:
         check_run_exists(run_dir)
         import_tensorflow_quietly()
-        from flowerft import evaluate as evaluation
+        from flowerft.reporting import evaluate as evaluation
 
         result = evaluation.run(run_dir, checkpoint=checkpoint, split=split, output=output)
     except FlowerftError as e:
@@ -40,7 +40,7 @@ def evaluate(
     if result.not_written:
         err_console.print(f"[bold yellow]Warning:[/] {result.not_written}", highlight=False, soft_wrap=True)
     elif output is None and (split, checkpoint) == ("test", "best"):  # evaluation.json in the run dir
-        from flowerft import tracking
+        from flowerft.training import tracking
 
         if problem := tracking.log_outputs(result.report["run_dir"]):  # a run trained with --track
             err_console.print(f"[bold yellow]Warning:[/] {problem}", highlight=False, soft_wrap=True)

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowerft.errors import FlowerftError
 from flowerft.cli import app
 from flowerft.cli.common import console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
+from flowerft.errors import FlowerftError
 
 
 @app.command()
@@ -26,7 +26,7 @@ def explain(
         fail(f"--model {model} is a model already: give it without --run-dir")
     try:
         import_tensorflow_quietly()
-        from flowerft import explain as explaining
+        from flowerft.reporting import explain as explaining
 
         with native_stderr_silenced():
             explanations, failures = explaining.run(images, run_dir=run_dir, model_path=model,

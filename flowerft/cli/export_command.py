@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.config import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, chosen_formats
-from flowerft.errors import FlowerftError
 from flowerft.cli import app
 from flowerft.cli.common import check_run_exists, console, fail, import_tensorflow_quietly, native_stderr_silenced, pct
+from flowerft.config import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, chosen_formats
+from flowerft.errors import FlowerftError
 
 
 @app.command()
@@ -29,7 +29,7 @@ def export(
         # nothing of it afterwards; a log gets the table only).
         with console.status(f"exporting {', '.join(formats)}: each is converted, then checked on the test split"):
             import_tensorflow_quietly()
-            from flowerft import export as exporting
+            from flowerft.serving import export as exporting
 
             # The TFLite converter and LiteRT write their progress to stderr from C++.
             with native_stderr_silenced():
@@ -42,7 +42,7 @@ def export(
     console.print(f"Written: {result.folder} (export.json, README.md: the model card)", highlight=False, soft_wrap=True)
     if result.problem:
         fail(result.problem)
-    from flowerft import tracking
+    from flowerft.training import tracking
 
     if problem := tracking.log_outputs(result.report["run_dir"]):  # a run trained with --track: its model card
         console.print(f"[bold yellow]Warning:[/] {problem}", highlight=False, soft_wrap=True)

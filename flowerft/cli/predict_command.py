@@ -17,9 +17,16 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from flowerft.errors import FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
+from flowerft.cli.common import (
+    check_run_exists,
+    console,
+    err_console,
+    fail,
+    import_tensorflow_quietly,
+    native_stderr_silenced,
+)
+from flowerft.errors import FlowerftError
 
 
 @app.command()
@@ -45,7 +52,7 @@ def predict(
         if model is None:
             check_run_exists(run_dir)
         import_tensorflow_quietly()
-        from flowerft import predict as prediction
+        from flowerft.serving import predict as prediction
 
         # A broken JPEG makes libjpeg and TensorFlow write to stderr themselves; each failure is
         # reported below in one line of ours instead.
@@ -73,7 +80,7 @@ def predict_to_file(images, run_dir, checkpoint, model, top_k, out_path: Path, f
     counts = {"predicted": 0, "failed": 0}
     try:
         import_tensorflow_quietly()
-        from flowerft import predict as prediction
+        from flowerft.serving import predict as prediction
 
         with native_stderr_silenced():
             predictor, batch_size, files, failures, k = prediction.prepare(images, run_dir, checkpoint or "best", top_k, model)

@@ -8,9 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowerft.errors import EvaluationFailed, FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
+from flowerft.cli.common import (
+    check_run_exists,
+    console,
+    err_console,
+    fail,
+    import_tensorflow_quietly,
+    native_stderr_silenced,
+)
+from flowerft.errors import EvaluationFailed, FlowerftError
 
 
 @app.command()
@@ -23,7 +30,7 @@ def report(
     try:
         check_run_exists(run_dir)
         import_tensorflow_quietly()  # evaluating first, when needed, loads the model
-        from flowerft import report as reporting
+        from flowerft.reporting import report as reporting
 
         def notify(message: str) -> None:
             console.print(message, highlight=False, soft_wrap=True)
@@ -38,7 +45,7 @@ def report(
     except KeyboardInterrupt:  # nothing half-written: every file is renamed into place
         fail("interrupted", code=130)
     console.print(f"Written: {page}", highlight=False, soft_wrap=True)
-    from flowerft import tracking
+    from flowerft.training import tracking
 
     if problem := tracking.log_outputs(page.parent):  # a run trained with --track: the page and evaluation too
         err_console.print(f"[bold yellow]Warning:[/] {problem}", highlight=False, soft_wrap=True)

@@ -10,10 +10,10 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from flowerft.errors import FlowerftError
 from flowerft.cli import app
 from flowerft.cli.common import console, default, fail, pct
 from flowerft.config import DEFAULTS
+from flowerft.errors import FlowerftError
 
 
 @app.command()
@@ -22,7 +22,7 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as a JSON list on stdout and nothing else.")] = False,
 ) -> None:
     """List the runs: status, backbone, epochs, best validation and test accuracy, wall time."""
-    from flowerft import runs as run_list
+    from flowerft.runs import listing as run_list
 
     try:
         rows = run_list.list_runs(runs_root)

@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowerft.config import SERVE_HOST, SERVE_MAX_IMAGES, SERVE_MAX_MB, SERVE_MODEL_NAME, SERVE_PORT
-from flowerft.errors import FlowerftError
 from flowerft.cli import app
 from flowerft.cli.common import console, fail, import_tensorflow_quietly, native_stderr_silenced
+from flowerft.config import SERVE_HOST, SERVE_MAX_IMAGES, SERVE_MAX_MB, SERVE_MODEL_NAME, SERVE_PORT
+from flowerft.errors import FlowerftError
 
 
 @app.command()
@@ -30,11 +30,11 @@ def serve(
     if max_mb <= 0 or max_images < 1 or not 0 <= port <= 65535:
         fail("--max-mb must be above 0, --max-images 1 or more and --port from 0 to 65535")
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S", level=logging.INFO)
-    logging.getLogger("flowerft.serve").setLevel(logging.INFO)
+    logging.getLogger("flowerft.serving.serve").setLevel(logging.INFO)
     try:
         import_tensorflow_quietly()
-        from flowerft import serve as serving
-        from flowerft.predict import load_predictor
+        from flowerft.serving import serve as serving
+        from flowerft.serving.predict import load_predictor
 
         with native_stderr_silenced():
             predictor, _ = load_predictor(run_dir, checkpoint or "best", model)

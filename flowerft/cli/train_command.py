@@ -8,10 +8,19 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from flowerft.cli import app
+from flowerft.cli.common import (
+    console,
+    default,
+    fail,
+    import_tensorflow_quietly,
+    native_stderr_silenced,
+    num,
+    pct,
+    report_and_exit_now,
+)
 from flowerft.config import PRECISIONS, RECIPES, given_values, resolve
 from flowerft.errors import FlowerftError, Interrupted, WorkerLost
-from flowerft.cli import app
-from flowerft.cli.common import console, default, fail, report_and_exit_now, import_tensorflow_quietly, native_stderr_silenced, num, pct
 
 
 @app.command()
@@ -77,8 +86,8 @@ def train(
         given = given_values(config_file, **options)  # the YAML file is read once
         config = resolve(given)
         import_tensorflow_quietly()
-        from flowerft import train as training
-        from flowerft.progress import training_display
+        from flowerft.cli.progress_display import training_display
+        from flowerft.training import session as training
 
         # libjpeg writes "Improper call to JPEG library" to stderr itself while the data scan
         # reads broken files (each is reported in our own line): it would glue onto the live display.

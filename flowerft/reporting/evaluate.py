@@ -1,0 +1,186 @@
+"""Evaluate a trained run on its test (or validation) split, exactly as training saw the data.
+
+Everything comes from the run directory: the config, the class names, the split's files
+(image folders) or TFDS slice, and the checkpoint. The report is plain data; the CLI shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+from flowerft.config import Config, make_config
+from flowerft.data import pipelines, sources
+from flowerft.errors import FlowerftError
+from flowerft.reporting import figures
+from flowerft.runs import layout, lock
+
+CHECKPOINTS = ("best", "final")
+SPLITS = ("test", "valid")
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FlowerftError(f"{run_dir} holds no config.yaml; is it a folder written by `flowerft train`?")
+    values = layout.read_yaml(path) or {}
+    if not isinstance(values, dict):
+        raise FlowerftError(f"{path} does not hold a flowerft configuration; pick another --run-dir")
+    return make_config(**values)
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """The `.keras` file for best (over both phases, from metrics.json) or final."""
+    if which not in CHECKPOINTS:
+        raise FlowerftError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+    metrics_path = run_dir / "metrics.json"
+    trainer = lock.holder(run_dir)
+    if trainer and not metrics_path.is_file():
+        raise FlowerftError(f"{run_dir} is still training ({trainer}); use it when its training has finished")
+    if not metrics_path.is_file():
+        raise FlowerftError(
+            f"{run_dir} has no metrics.json: its training did not finish; continue it with "
+            f"`flowerft train --resume --run-dir {run_dir}` or pick another --run-dir"
+        )
+    metrics = layout.read_json(metrics_path)
+    path = run_dir / metrics[f"{which}_checkpoint"]
+    if not path.is_file():
+        raise FlowerftError(f"checkpoint {path} is missing; use --checkpoint {'final' if which == 'best' else 'best'} or train again")
+    return path
+
+
+def load_model(path: Path) -> keras.Model:
+    # safe_mode refuses to deserialize code (Lambda layers and the like) from the file.
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise FlowerftError(f"{path} is not a loadable Keras model ({reason}); train again or pick another checkpoint") from None
+
+
+def predict_dataset(model: keras.Model, ds) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and true labels over a batched (images, labels) dataset."""
+    probabilities, labels = [], []
+    for images, y in ds:
+        probabilities.append(model.predict_on_batch(images))
+        labels.append(y.numpy())
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def predict_split(
+    run_dir: Path, model_path: Path, split: str, config: Config | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A model's probabilities on a run's recorded split, its true labels, and the class names."""
+    config = config or load_run_config(run_dir)
+    model = load_model(model_path)
+    splits = sources.load_recorded(run_dir, config, (split,))
+    probabilities, labels = predict_dataset(model, pipelines.pipeline(splits, split, config))
+    return probabilities, labels, splits.class_names
+
+
+def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Loss, accuracy, top-2 accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    n = len(class_names)
+    loss = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
+    accuracy = keras.metrics.SparseCategoricalAccuracy()
+    accuracy.update_state(labels, probabilities)
+    top2 = keras.metrics.SparseTopKCategoricalAccuracy(k=min(2, n))
+    top2.update_state(labels, probabilities)
+    predicted = probabilities.argmax(axis=1)
+    per_class = classification_report(
+        labels, predicted, labels=list(range(n)), target_names=class_names, output_dict=True, zero_division=0
+    )
+    return {
+        "examples": int(len(labels)),
+        "loss": float(loss),
+        "accuracy": float(accuracy.result()),
+        "top2_accuracy": float(top2.result()),
+        "per_class": {name: per_class[name] for name in class_names},
+        "macro_avg": per_class["macro avg"],
+        "weighted_avg": per_class["weighted avg"],
+        "class_names": class_names,
+        # rows: true class, columns: predicted class
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(n))).tolist(),
+    }
+
+
+def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> None:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = 2.5 + 0.8 * len(class_names)
+    fig, ax = figures.pyplot().subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title(title)
+    figures.save_figure(fig, path)
+
+
+def output_names(split: str, checkpoint: str) -> tuple[str, str, str]:
+    """evaluation.json / confusion_matrix.png / predictions.json for the default; suffixed names otherwise."""
+    suffix = "" if (split, checkpoint) == ("test", "best") else f"_{split}_{checkpoint}"
+    return f"evaluation{suffix}.json", f"confusion_matrix{suffix}.png", f"predictions{suffix}.json"
+
+
+def per_image(run_dir: Path, split: str, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Each image's true label and probabilities, in the split's order (what `report` shows mistakes from).
+
+    A folder run names each image's file (from splits.json); a TFDS run has only its position in the split.
+    """
+    files = run_dir / "splits.json"
+    return {
+        "split": split,
+        "paths": [p for p, _ in layout.read_json(files)[split]] if files.is_file() else None,
+        "labels": labels.astype(int).tolist(),
+        "probabilities": np.round(probabilities.astype(float), 6).tolist(),
+    }
+
+
+@dataclass
+class Evaluation:
+    report: dict[str, Any]
+    written: list[Path]  # the report's files, or nothing if they could not be written
+    not_written: str | None = None  # why not, and what to do
+
+
+def run(
+    run_dir: str | Path | None = None, checkpoint: str = "best", split: str = "test", output: str | Path | None = None
+) -> Evaluation:
+    """Evaluate a run and write the report, its confusion matrix and the per-image probabilities
+    beside it, or into `output` (see output_names).
+
+    A run folder that cannot be written to (shared, archived, read-only) still gets its report:
+    only the files are missing, and `not_written` says why and what to do.
+    """
+    if split not in SPLITS:
+        raise FlowerftError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    path = layout.find_run(run_dir)
+    config = load_run_config(path)
+    model_path = checkpoint_path(path, checkpoint)
+    probabilities, labels, class_names = predict_split(path, model_path, split, config)
+    result = {
+        "run_dir": str(path),
+        "checkpoint": str(model_path.relative_to(path)),
+        "split": split,
+        **report(probabilities, labels, class_names),
+    }
+    folder = Path(output) if output is not None else path
+    files = [folder / name for name in output_names(split, checkpoint)]
+    written = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        layout.write_json(files[0], result)
+        written.append(files[0])
+        plot_confusion_matrix(result["confusion_matrix"], class_names, files[1],
+                              f"{path.name}: {split} split, {checkpoint} checkpoint")
+        written.append(files[1])
+        layout.write_json(files[2], per_image(path, split, probabilities, labels))
+        written.append(files[2])
+    except OSError as e:
+        missing = " and ".join(f.name for f in files if f not in written)
+        where = "give --output DIR to write them elsewhere" if output is None else "give another --output"
+        return Evaluation(result, written, f"could not write {missing} to {folder} ({e.strerror or e}); {where}")
+    return Evaluation(result, files)

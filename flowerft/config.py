@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flowerft.backbones.registry import SCALINGS, get_backbone, is_own
-from flowerft.errors import ConfigError
+from flowerft.errors import ConfigError, first_line
 
 CACHE_MODES = ("auto", "memory", "file", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker", "tpu")
@@ -365,7 +365,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or (str(e).splitlines()[0] if str(e) else "invalid YAML")
+        problem = getattr(e, "problem", None) or (first_line(e) if str(e).strip() else "invalid YAML")
         raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}

@@ -5,6 +5,11 @@ is a bug and keeps its traceback.
 """
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """What an error from another library says, in one line that fits ours (its type if it says nothing)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 class FlowerftError(Exception):
     """A problem with the user's input or environment; the message says what to do."""
 

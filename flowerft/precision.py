@@ -12,6 +12,7 @@ CPU is slower still. The README's Speed section has the measurement behind the d
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from flowerft.config import Config
@@ -84,3 +85,16 @@ def policy(config: Config) -> str:
 
         return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
     return POLICIES[resolve(config.precision)]
+
+
+@contextlib.contextmanager
+def building_in(policy_name: str):
+    """Keras's global policy while layers are built (it is read at construction), then float32 again:
+    it is global state, and whatever is built next (an export's float32 copy, the next test) must not inherit it."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy_name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from flowerft.cli import app
 from flowerft.data import image_io, pipelines, sources
-from flowerft.reporting import evaluate
+from flowerft.runs import loader
 from flowerft.serving import export, predict
 
 runner = CliRunner()
@@ -57,9 +57,9 @@ def exported(tmp_path_factory):
 def reference(exported):
     """The .keras model, its probabilities on the test split, the test images and their files."""
     run, _ = exported
-    config = evaluate.load_run_config(run)
+    config = loader.run_config(run)
     splits = sources.load_recorded(run, config, ("test",))
-    model = evaluate.load_model(evaluate.checkpoint_path(run, "best"))
+    model = loader.load_model(loader.checkpoint_path(run, "best"))
     images = np.concatenate([x.numpy() for x, _ in pipelines.pipeline(splits, "test", config)])
     return SimpleNamespace(model=model, expected=model.predict_on_batch(images), images=images.astype(np.uint8),
                            files=[p for p, _ in splits.files["test"]])
@@ -95,7 +95,7 @@ def test_export_writes_every_format_and_the_verification_table(exported):
 
 def test_savedmodel_stores_each_weight_once(exported):
     run, _ = exported
-    model = evaluate.load_model(evaluate.checkpoint_path(run, "best"))
+    model = loader.load_model(loader.checkpoint_path(run, "best"))
     stored = tf.train.list_variables(str(run / "export" / "savedmodel" / "variables" / "variables"))
     values = sum(int(np.prod(shape)) for name, shape in stored if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
     assert values == model.count_params() + 3  # + the class names (keras-team/keras #23553 doubles it)

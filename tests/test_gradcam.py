@@ -15,7 +15,7 @@ from flowerft.config import make_config
 from flowerft.errors import FlowerftError
 from flowerft.model import build_model, unfreeze_base
 from flowerft.reporting import gradcam
-from flowerft.reporting.evaluate import load_model
+from flowerft.runs.loader import load_model
 
 SIZE = 32
 PATCH = 8

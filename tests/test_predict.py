@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from flowerft.cli import app
 from flowerft.data import image_io, pipelines, sources
-from flowerft.reporting import evaluate
+from flowerft.runs import loader
 from flowerft.serving import predict
 
 runner = CliRunner()
@@ -38,9 +38,9 @@ def sensitive_run(tmp_path_factory):
 
 
 def test_predicting_a_file_matches_the_model_on_the_evaluation_pipeline(sensitive_run):
-    config = evaluate.load_run_config(sensitive_run)
+    config = loader.run_config(sensitive_run)
     splits = sources.load_recorded(sensitive_run, config)
-    model = evaluate.load_model(evaluate.checkpoint_path(sensitive_run, "best"))
+    model = loader.load_model(loader.checkpoint_path(sensitive_run, "best"))
     images, _ = next(iter(pipelines.pipeline(splits, "test", config)))
     expected = model.predict_on_batch(images)
     # The outputs move with the pixels: 20% darker images, or another split's images, change them by far more than 1e-6.

@@ -20,8 +20,7 @@ import keras
 import numpy as np
 
 from flowerft.config import Config
-from flowerft.errors import ConfigError, OfflineError
-from flowerft.serving.predictors import first_line
+from flowerft.errors import ConfigError, OfflineError, first_line
 
 REMOTE = {"hf://": "huggingface.co", "kaggle://": "www.kaggle.com"}
 # A preset folder holds the backbone's config.json (KerasHub's layout).

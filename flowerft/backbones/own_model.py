@@ -18,8 +18,7 @@ import keras
 
 from flowerft.backbones import weights_files
 from flowerft.config import Config
-from flowerft.errors import ConfigError
-from flowerft.serving.predictors import first_line
+from flowerft.errors import ConfigError, first_line
 
 # What a classifier's top is made of: flowerft cuts below these (walking back from the output).
 TOP_LAYERS = (keras.layers.Dense, keras.layers.Dropout, keras.layers.Flatten, keras.layers.Activation,

@@ -16,8 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from flowerft.errors import ConfigError
-from flowerft.serving.predictors import first_line
+from flowerft.errors import ConfigError, first_line
 
 # EfficientNet B0-B7's ImageNet files store the input's standard deviation where the Normalization
 # layer reads a variance (tensorflow/tensorflow #49930); Keras corrects it only for weights="imagenet".

@@ -27,7 +27,7 @@ def load_recorded(run_dir: Path, config: Config, needed: tuple[str, ...] = SPLIT
     if "test" in needed and not record.get("has_test", True):
         raise DataError(f"{run_dir} has no test split (its data, {source_record.describe(config, record)}, came "
                         "without one); use --split valid")
-    files_path = run_dir / "splits.json"
+    files_path = run_dir / layout.SPLITS
     if not files_path.is_file():
         kind = source_record.kind(config)
         own = record if record.get("kind") == kind else {}  # runs from before source.json: none
@@ -36,7 +36,7 @@ def load_recorded(run_dir: Path, config: Config, needed: tuple[str, ...] = SPLIT
             return hf_datasets.load(config, own)
         from flowerft.data import tfds_datasets
         return tfds_datasets.load(config, own)
-    class_names = layout.read_json(run_dir / "class_names.json")
+    class_names = layout.read_json(run_dir / layout.CLASS_NAMES)
     files = {k: [(p, int(y)) for p, y in v] for k, v in layout.read_json(files_path).items()}
     paths = [p for name in needed for p, _ in files[name]]
     missing = [p for p in paths if not Path(p).is_file()]

@@ -15,7 +15,7 @@ import tensorflow as tf
 from flowerft.config import Config
 from flowerft.data import network
 from flowerft.data.splitting import SPLIT_NAMES, Splits
-from flowerft.errors import DataError
+from flowerft.errors import DataError, first_line
 
 # tf_flowers' archive lives here; a quick connect tells us whether TFDS can download it.
 TFDS_DOWNLOAD_HOST = ("download.tensorflow.org", 443)
@@ -108,7 +108,7 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
         raise DataError(f"TFDS has no dataset {name.split(':')[0]!r}; see https://www.tensorflow.org/datasets/catalog "
                         "(image classification) for the names") from None
     except (ValueError, AssertionError) as e:  # a version it does not have, ...
-        raise DataError(f"TFDS {name}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"TFDS {name}: {first_line(e)}") from None
     dataset = builder.info.full_name.split("/")[0]
     image_key, label_key = features(builder.info, config)
     if not builder.is_prepared():
@@ -129,7 +129,7 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
             for split in SPLIT_NAMES
         }
     except (ValueError, KeyError, AssertionError) as e:  # a slice TFDS cannot parse: "train[:10]%", ...
-        raise DataError(f"TFDS {dataset}: cannot read the split {specs}: {str(e).splitlines()[0]}; "
+        raise DataError(f"TFDS {dataset}: cannot read the split {specs}: {first_line(e)}; "
                         "fix --tfds-splits TEST,VALID,TRAIN (e.g. test,validation,train)") from None
     sizes = {split: int(ds.cardinality()) for split, ds in datasets.items()}
     for split, n in sizes.items():

@@ -20,8 +20,8 @@ PHASES = ("head", "finetune")
 
 def load_history(run_dir: Path) -> list[dict[str, Any]]:
     """Every finished epoch of both phases, in order: {"phase", "epoch", "loss", "val_accuracy", ...}."""
-    if (run_dir / "history.json").is_file():
-        return layout.read_json(run_dir / "history.json")
+    if (run_dir / layout.HISTORY).is_file():
+        return layout.read_json(run_dir / layout.HISTORY)
     rows = []
     for phase in PHASES:
         path = run_dir / f"history_{phase}.csv"
@@ -39,7 +39,7 @@ def _value(key: str, text: str):
 
 def best_epoch(run_dir: Path, history: list[dict[str, Any]]) -> int | None:
     """The epoch of the best checkpoint (metrics.json), else, mid-run, of the best validation accuracy so far."""
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / layout.METRICS
     if metrics_path.is_file():
         metrics = layout.read_json(metrics_path)
         best = metrics.get("phases", {}).get(metrics.get("best_phase") or "", {})

@@ -14,70 +14,27 @@ import keras
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from flowerft.config import Config, make_config
+from flowerft import inference
+from flowerft.config import Config
 from flowerft.data import pipelines, sources
 from flowerft.errors import FlowerftError
 from flowerft.reporting import figures
-from flowerft.runs import layout, lock
+from flowerft.runs import layout, loader
 
-CHECKPOINTS = ("best", "final")
 SPLITS = ("test", "valid")
-
-
-def load_run_config(run_dir: Path) -> Config:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FlowerftError(f"{run_dir} holds no config.yaml; is it a folder written by `flowerft train`?")
-    values = layout.read_yaml(path) or {}
-    if not isinstance(values, dict):
-        raise FlowerftError(f"{path} does not hold a flowerft configuration; pick another --run-dir")
-    return make_config(**values)
-
-
-def checkpoint_path(run_dir: Path, which: str) -> Path:
-    """The `.keras` file for best (over both phases, from metrics.json) or final."""
-    if which not in CHECKPOINTS:
-        raise FlowerftError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
-    metrics_path = run_dir / "metrics.json"
-    trainer = lock.holder(run_dir)
-    if trainer and not metrics_path.is_file():
-        raise FlowerftError(f"{run_dir} is still training ({trainer}); use it when its training has finished")
-    if not metrics_path.is_file():
-        raise FlowerftError(
-            f"{run_dir} has no metrics.json: its training did not finish; continue it with "
-            f"`flowerft train --resume --run-dir {run_dir}` or pick another --run-dir"
-        )
-    metrics = layout.read_json(metrics_path)
-    path = run_dir / metrics[f"{which}_checkpoint"]
-    if not path.is_file():
-        raise FlowerftError(f"checkpoint {path} is missing; use --checkpoint {'final' if which == 'best' else 'best'} or train again")
-    return path
-
-
-def load_model(path: Path) -> keras.Model:
-    # safe_mode refuses to deserialize code (Lambda layers and the like) from the file.
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise FlowerftError(f"{path} is not a loadable Keras model ({reason}); train again or pick another checkpoint") from None
 
 
 def predict_dataset(model: keras.Model, ds) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and true labels over a batched (images, labels) dataset."""
-    probabilities, labels = [], []
-    for images, y in ds:
-        probabilities.append(model.predict_on_batch(images))
-        labels.append(y.numpy())
-    return np.concatenate(probabilities), np.concatenate(labels)
+    return inference.collect(model.predict_on_batch, ds)
 
 
 def predict_split(
     run_dir: Path, model_path: Path, split: str, config: Config | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A model's probabilities on a run's recorded split, its true labels, and the class names."""
-    config = config or load_run_config(run_dir)
-    model = load_model(model_path)
+    config = config or loader.run_config(run_dir)
+    model = loader.load_model(model_path)
     splits = sources.load_recorded(run_dir, config, (split,))
     probabilities, labels = predict_dataset(model, pipelines.pipeline(splits, split, config))
     return probabilities, labels, splits.class_names
@@ -130,7 +87,7 @@ def per_image(run_dir: Path, split: str, probabilities: np.ndarray, labels: np.n
 
     A folder run names each image's file (from splits.json); a TFDS run has only its position in the split.
     """
-    files = run_dir / "splits.json"
+    files = run_dir / layout.SPLITS
     return {
         "split": split,
         "paths": [p for p, _ in layout.read_json(files)[split]] if files.is_file() else None,
@@ -158,8 +115,8 @@ def run(
     if split not in SPLITS:
         raise FlowerftError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = layout.find_run(run_dir)
-    config = load_run_config(path)
-    model_path = checkpoint_path(path, checkpoint)
+    config = loader.run_config(path)
+    model_path = loader.checkpoint_path(path, checkpoint)
     probabilities, labels, class_names = predict_split(path, model_path, split, config)
     result = {
         "run_dir": str(path),

@@ -17,8 +17,7 @@ from flowerft.config import DEFAULTS
 from flowerft.data import image_io
 from flowerft.errors import DataError, FlowerftError
 from flowerft.reporting import figures, gradcam
-from flowerft.reporting.evaluate import checkpoint_path, load_model, load_run_config
-from flowerft.runs import layout
+from flowerft.runs import layout, loader
 from flowerft.serving.predict import Failure, expand_inputs, top_k
 
 TOP_K = 3
@@ -45,16 +44,16 @@ def load(run_dir: str | Path | None, model_path: str | Path | None):
         path = Path(model_path)
         if path.suffix != ".keras" or not path.is_file():
             raise FlowerftError(f"--model {path}: give a .keras file (a run's checkpoint or a Keras classifier)")
-        model = load_model(path)
+        model = loader.load_model(path)
         n = int(model.output_shape[-1])
         names = _names_beside(path) or [f"class {i}" for i in range(n)]
         if len(names) != n:
             raise FlowerftError(f"{path} has {n} outputs but the class_names.json beside it names {len(names)} classes")
     else:
         run = layout.find_run(run_dir)
-        load_run_config(run)  # says so when the folder is not a run
-        model = load_model(checkpoint_path(run, "best"))
-        names = layout.read_json(run / "class_names.json")
+        loader.run_config(run)  # says so when the folder is not a run
+        model = loader.load_model(loader.checkpoint_path(run, "best"))
+        names = layout.read_json(run / layout.CLASS_NAMES)
     height, width = model.input_shape[1:3]
     if height != width:
         raise FlowerftError(f"model {model.name} takes {height} x {width} images; explain needs a square input")
@@ -65,8 +64,8 @@ def load(run_dir: str | Path | None, model_path: str | Path | None):
 def _names_beside(path: Path) -> list[str] | None:
     """A checkpoint's class names: class_names.json in its folder or in the run dir above checkpoints/."""
     for folder in (path.parent, path.parent.parent):
-        if (folder / "class_names.json").is_file():
-            return layout.read_json(folder / "class_names.json")
+        if (folder / layout.CLASS_NAMES).is_file():
+            return layout.read_json(folder / layout.CLASS_NAMES)
     return None
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from flowerft.errors import EvaluationFailed, FlowerftError
 from flowerft.reporting import curves, evaluate, html_page
-from flowerft.runs import layout, listing, source_record
+from flowerft.runs import layout, listing, loader, source_record
 
 REPORT = "report.html"
 # A grid a person can take in at once; every class's worst example is shown besides.
@@ -82,8 +82,8 @@ def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FlowerftError(f"cannot write to --output {out}: {e.strerror or e}; give another folder") from None
-    page = Page(path, layout.read_yaml(path / "config.yaml"), listing.describe(path), _read(path / "metrics.json"), out=out)
-    page.class_names = _read(path / "class_names.json") or []
+    page = Page(path, layout.read_yaml(path / layout.CONFIG), listing.describe(path), _read(path / layout.METRICS), out=out)
+    page.class_names = _read(path / layout.CLASS_NAMES) or []
     page.sizes = (page.metrics or {}).get("split_sizes") or _sizes_from_splits(path)
     if not source_record.has_test(path):
         page.split = "valid"
@@ -94,7 +94,7 @@ def run(run_dir: str | Path | None = None, runs_root: str | Path = "runs",
         except Missing as e:
             page.parts[name] = e
     page.warnings += (page.metrics or {}).get("warnings", [])
-    skipped = _read(path / "skipped_files.json") or []
+    skipped = _read(path / layout.SKIPPED) or []
     if skipped:
         page.warnings.append(f"{len(skipped)} file{'s' if len(skipped) > 1 else ''} of the data folder "
                              "left out of every split, not readable as images: "
@@ -117,7 +117,7 @@ def _read(path: Path):
 
 def _sizes_from_splits(run_dir: Path) -> dict[str, int]:
     """Runs trained before metrics.json recorded the sizes, and unfinished ones: count splits.json."""
-    files = _read(run_dir / "splits.json")
+    files = _read(run_dir / layout.SPLITS)
     return {s: len(files[s]) for s in ("train", "valid", "test") if s in files} if isinstance(files, dict) else {}
 
 
@@ -202,7 +202,7 @@ def _explainer(page: Page):
     from flowerft.reporting import gradcam
 
     try:
-        model = evaluate.load_model(_checkpoint_file(page))
+        model = loader.load_model(_checkpoint_file(page))
         return gradcam.GradCam(model), int(model.input_shape[1])
     except (FlowerftError, Missing) as e:
         page.warnings.append(f"the mistakes are shown without heatmaps: {e}")
@@ -254,7 +254,7 @@ def _tfds_images(page: Page, wanted: set[int]) -> dict[int, np.ndarray]:
     from flowerft.data import sources
 
     try:
-        splits = sources.load_recorded(page.run_dir, evaluate.load_run_config(page.run_dir), (page.split,))
+        splits = sources.load_recorded(page.run_dir, loader.run_config(page.run_dir), (page.split,))
     except FlowerftError:
         return {}
     found = {}

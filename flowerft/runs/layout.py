@@ -40,6 +40,12 @@ LATEST = "latest"
 LATEST_MARKER = "# flowerft: the newest run (written by `flowerft train`; the line above names it)"
 LOCK = "train.lock"  # held by the process training the run: flowerft/runs/lock.py
 CHECKPOINTS = "checkpoints"
+CONFIG = "config.yaml"  # written first: it marks a folder as a run (is_run)
+CLASS_NAMES = "class_names.json"
+SPLITS = "splits.json"
+SKIPPED = "skipped_files.json"
+HISTORY = "history.json"
+METRICS = "metrics.json"  # written last: a run that has it finished training
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -131,7 +137,7 @@ RUN_CONFIG_KEYS = {"backbone", "epochs_head", "epochs_finetune", "lr_head", "lr_
 def is_run(path: Path) -> bool:
     """Whether `path` holds the config.yaml `flowerft train` writes first; --overwrite deletes nothing else."""
     try:
-        config = read_yaml(path / "config.yaml")
+        config = read_yaml(path / CONFIG)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return isinstance(config, dict) and RUN_CONFIG_KEYS <= set(config)

@@ -50,7 +50,7 @@ class RunRow:
 def status(run_dir: Path) -> str:
     if not layout.is_run(run_dir):
         return NOT_A_RUN
-    if (run_dir / "metrics.json").is_file():
+    if (run_dir / layout.METRICS).is_file():
         return FINISHED
     if lock.holder(run_dir):  # a `train` holds the run's lock (flowerft/runs/lock.py)
         return IN_PROGRESS
@@ -71,12 +71,12 @@ def describe(run_dir: Path) -> RunRow:
     row = RunRow(run_dir.name, str(run_dir), status(run_dir), run_dir.stat().st_mtime)
     if row.status == NOT_A_RUN:
         return row
-    config = layout.read_yaml(run_dir / "config.yaml")
-    row.started = (run_dir / "config.yaml").stat().st_mtime
+    config = layout.read_yaml(run_dir / layout.CONFIG)
+    row.started = (run_dir / layout.CONFIG).stat().st_mtime
     row.backbone, row.image_size = config.get("backbone"), config.get("image_size")
     row.source = source_record.describe(config, source_record.read(run_dir), short=True)
     row.epochs_planned = (config.get("epochs_head") or 0) + (config.get("epochs_finetune") or 0)
-    metrics = _json(run_dir / "metrics.json")
+    metrics = _json(run_dir / layout.METRICS)
     if isinstance(metrics, dict) and isinstance(metrics.get("phases"), dict):
         phases = metrics["phases"].values()
         row.epochs_run = sum(p.get("epochs_run") or 0 for p in phases)

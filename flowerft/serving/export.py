@@ -17,9 +17,7 @@ came from: a float format that answers differently is an export bug, not a round
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -31,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from flowerft import machine, precision
 from flowerft.config import (
     LATENCY_IMAGES,
     MAX_FLOAT_DISAGREEMENT,
@@ -39,10 +38,9 @@ from flowerft.config import (
     chosen_formats,
 )
 from flowerft.data import image_io, pipelines, sources, splitting
-from flowerft.errors import FlowerftError
+from flowerft.errors import FlowerftError, first_line
 from flowerft.model import all_layers, build_model
-from flowerft.reporting.evaluate import checkpoint_path, load_model, load_run_config
-from flowerft.runs import layout, source_record
+from flowerft.runs import layout, loader, source_record
 from flowerft.serving import model_card
 from flowerft.serving.predictors import (
     BYTES_INPUT,
@@ -165,7 +163,7 @@ def convert_tflite(saved: Path, fmt: str, representative: Callable | None = None
     try:
         return converter.convert()
     except Exception as e:  # the converter raises ConverterError and others, with pages of MLIR
-        raise FlowerftError(f"TFLite conversion to {fmt} failed ({str(e).strip().splitlines()[0][:200]}); "
+        raise FlowerftError(f"TFLite conversion to {fmt} failed ({first_line(e)}); "
                             "export the other formats with --format") from None
 
 
@@ -193,7 +191,7 @@ def onnx_bytes(model: keras.Model, class_names: list[str], image_size: int) -> b
             model.export(str(file), format="onnx", verbose=False, input_signature=[
                 tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=IMAGES_INPUT)])
         except Exception as e:  # tf2onnx raises many types, with pages of graph dumps
-            raise FlowerftError(f"ONNX conversion failed ({str(e).strip().splitlines()[0][:200]}); "
+            raise FlowerftError(f"ONNX conversion failed ({first_line(e)}); "
                                 "export the other formats with --format") from None
         proto = onnx.load(str(file))
     entry = proto.metadata_props.add()
@@ -266,26 +264,6 @@ def float_problem(rows: list[dict[str, Any]], n: int, folder: Path) -> str | Non
     return None
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.machine(),
-        "cpu_cores": os.cpu_count(),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "litert": importlib.metadata.version("ai-edge-litert"),
-        "onnxruntime": installed("onnxruntime"),
-    }
-
-
-def installed(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -299,12 +277,8 @@ def in_float32(model: keras.Model, config, n_classes: int) -> keras.Model:
     """
     if all(layer.dtype_policy.compute_dtype == "float32" for layer in all_layers(model)):
         return model
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with precision.building_in("float32"):
         copy, _ = build_model(dataclasses.replace(config, weights="none"), n_classes)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -319,14 +293,14 @@ def run(
     """Export the run's checkpoint in `fmt` (or all formats), verify each on the test split, write the table."""
     formats = chosen_formats(fmt)
     path = layout.find_run(run_dir)
-    config = load_run_config(path)
-    keras_path = checkpoint_path(path, checkpoint)
+    config = loader.run_config(path)
+    keras_path = loader.checkpoint_path(path, checkpoint)
     folder = Path(output) if output is not None else path / "export"
     prepare_output(folder, given=output is not None)
     held_out = "test" if source_record.has_test(path) else "valid"  # data that came without a test split
     needed = (held_out, "train") if "tflite-int8" in formats else (held_out,)
     splits = sources.load_recorded(path, config, needed)
-    model = in_float32(load_model(keras_path), config, len(splits.class_names))
+    model = in_float32(loader.load_model(keras_path), config, len(splits.class_names))
     size = config.image_size
     written: list[Path] = []
 
@@ -382,7 +356,7 @@ def run(
         "image_size": size,
         "test_images": int(len(labels)),
         "representative_images": min(representative_images, splits.sizes.get("train", 0)) if "tflite-int8" in formats else None,
-        "machine": machine(),
+        "machine": machine.describe("ai-edge-litert", "onnxruntime"),
         "max_float_disagreement": MAX_FLOAT_DISAGREEMENT,
         "formats": rows,
         "verified": problem is None,
@@ -395,4 +369,4 @@ def run(
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return layout.read_json(run_dir / "metrics.json")
+    return layout.read_json(run_dir / layout.METRICS)

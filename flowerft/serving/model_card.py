@@ -133,7 +133,7 @@ this; for the other inputs do it before calling the model.
 
 On the run's {report['test_images']} test images; latency is the mean time of one image alone on the
 exporting machine ({m['cpu']}, {m['cpu_cores']} cores, {m['gpus']} GPUs; TensorFlow {m['tensorflow']},
-LiteRT {m['litert']}).
+LiteRT {m['ai-edge-litert']}).
 
 {table(report)}
 """

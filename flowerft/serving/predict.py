@@ -20,8 +20,7 @@ import tensorflow as tf
 from flowerft.config import DEFAULTS
 from flowerft.data import image_io
 from flowerft.errors import DataError, FlowerftError
-from flowerft.reporting.evaluate import checkpoint_path, load_model, load_run_config
-from flowerft.runs import layout
+from flowerft.runs import layout, loader
 from flowerft.serving import predictors
 
 # Batches decoded ahead of the model: enough to keep it busy, few enough for constant memory.
@@ -71,10 +70,10 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str = "best",
     if model_path is not None:
         return predictors.load(model_path), DEFAULTS["batch_size"]
     path = layout.find_run(run_dir)
-    config = load_run_config(path)
-    checkpoint_file = checkpoint_path(path, checkpoint)  # first: it says why a run has no model yet
-    class_names = layout.read_json(path / "class_names.json")
-    return predictors.KerasPredictor(load_model(checkpoint_file), class_names), config.batch_size
+    config = loader.run_config(path)
+    checkpoint_file = loader.checkpoint_path(path, checkpoint)  # first: it says why a run has no model yet
+    class_names = layout.read_json(path / layout.CLASS_NAMES)
+    return predictors.KerasPredictor(loader.load_model(checkpoint_file), class_names), config.batch_size
 
 
 def stream(files: list[Path], predictor: predictors.Predictor, batch_size: int, k: int) -> Iterator[Prediction | Failure]:

@@ -18,16 +18,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from flowerft.errors import FlowerftError
+from flowerft.errors import FlowerftError, first_line
+from flowerft.runs import layout
 
 LABELS_FILE = "labels.txt"
 # The signatures `flowerft export` writes, and their input names (the keys a serving client sends).
 IMAGES_SIGNATURE, IMAGES_INPUT = "serving_default", "images"
 BYTES_SIGNATURE, BYTES_INPUT = "serving_bytes", "image_bytes"
-
-
-def first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 class SavedModelPredictor:
@@ -172,9 +169,9 @@ class KerasPredictor:
 
     @classmethod
     def from_file(cls, path: Path) -> "KerasPredictor":
-        from flowerft.reporting.evaluate import load_model  # Keras's loader with safe_mode and a one-line error
+        from flowerft.runs import loader  # Keras's loader with safe_mode and a one-line error
 
-        return cls(load_model(path), keras_class_names(path))
+        return cls(loader.load_model(path), keras_class_names(path))
 
 
 # The key of the class names (a JSON list) in a .onnx file's metadata_props.
@@ -186,8 +183,8 @@ def keras_class_names(path: Path) -> list[str]:
     if (path.parent / LABELS_FILE).is_file():
         return read_labels(path)
     for folder in (path.parent, path.parent.parent):
-        if (folder / "class_names.json").is_file():
-            return json.loads((folder / "class_names.json").read_text(encoding="utf-8"))
+        if (folder / layout.CLASS_NAMES).is_file():
+            return json.loads((folder / layout.CLASS_NAMES).read_text(encoding="utf-8"))
     raise FlowerftError(f"{path} has no {LABELS_FILE} beside it and is not in a run folder with class_names.json; "
                         f"write the class names, one a line in label order, to {path.parent / LABELS_FILE}")
 

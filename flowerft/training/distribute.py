@@ -30,7 +30,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from flowerft.config import Config
-from flowerft.errors import ConfigError, FlowerftError
+from flowerft.errors import ConfigError, FlowerftError, first_line
 
 # Errors a collective op raises when another worker died or cannot be reached.
 LOST_WORKER_ERRORS = (
@@ -75,7 +75,7 @@ def make_strategy(mode: str) -> tf.distribute.Strategy:
                 communication_options=tf.distribute.experimental.CommunicationOptions(
                     implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
         except (RuntimeError, ValueError) as e:
-            raise FlowerftError(f"cannot start multi-worker training: {str(e).splitlines()[0]}") from None
+            raise FlowerftError(f"cannot start multi-worker training: {first_line(e)}") from None
     if mode == "tpu":
         # Not run on TPU hardware by this project's tests (there is none here); see the README.
         try:
@@ -83,7 +83,7 @@ def make_strategy(mode: str) -> tf.distribute.Strategy:
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, RuntimeError, tf.errors.OpError) as e:
-            raise FlowerftError(f"no TPU found ({str(e).splitlines()[0]}); set TPU_NAME or use another --distribute") from None
+            raise FlowerftError(f"no TPU found ({first_line(e)}); set TPU_NAME or use another --distribute") from None
         return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"distribute: unknown mode {mode!r}")
 

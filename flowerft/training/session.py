@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import shutil
 import time
 from dataclasses import asdict
@@ -19,11 +18,11 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from flowerft import precision
+from flowerft import machine, precision
 from flowerft.backbones.registry import is_own
 from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
 from flowerft.data import pipelines, sources, splitting
-from flowerft.errors import ConfigError, FlowerftError, Interrupted, WorkerLost
+from flowerft.errors import ConfigError, FlowerftError, Interrupted, WorkerLost, first_line
 from flowerft.model import batchnorm_learns, build_model, compile_for_phase, freeze_base
 from flowerft.runs import layout, lock, source_record
 from flowerft.training import checkpoints, distribute, micro_batches, partial_finetune, tracking
@@ -194,21 +193,6 @@ def one_hot_labels(ds: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
     return ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def devices(strategy: tf.distribute.Strategy | None = None) -> str:
-    gpus = tf.config.list_logical_devices("GPU")
-    where = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''}" if gpus else f"CPU ({os.cpu_count()} cores)"
-    how = distribute.describe(strategy) if strategy is not None else ""
-    return f"{where}, {how}" if how else where
-
-
-def environment() -> dict[str, str]:
-    """Where a run trained, for its report: the same recipe can differ across versions and devices."""
-    return {
-        "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
-        "platform": platform.platform(terse=True), "device": devices(),
-    }
-
-
 def check_inputs(config: Config, run_dir: Path) -> None:
     """What can be checked before any data is read or model built."""
     layout.check_writable(run_dir)
@@ -229,7 +213,7 @@ def resumed_config(run_dir: Path, requested: Config, given: dict[str, Any] | Non
     `given` holds the options the user actually gave (flags and config file); without it,
     any option that differs from its default counts as given.
     """
-    recorded = layout.read_yaml(run_dir / "config.yaml")
+    recorded = layout.read_yaml(run_dir / layout.CONFIG)
     saved = make_config(**recorded)
     if given is None:
         given = {k: v for k, v in to_dict(requested).items() if v != DEFAULTS[k]}
@@ -286,11 +270,11 @@ def run(
 
 def _run_in(run_dir, config, strategy, callbacks, notify, *, resume, overwrite, given) -> RunResult:
     """`run` once the run dir and the strategy are known: one process at a time in `run_dir`."""
-    if resume and (run_dir / "metrics.json").is_file() and not os.access(run_dir, os.W_OK):
+    if resume and (run_dir / layout.METRICS).is_file() and not os.access(run_dir, os.W_OK):
         return _finished(run_dir, config, given, notify)  # read-only and finished: nothing to write, nor to lock
     layout.check_writable(run_dir)
     with lock.hold(run_dir):
-        if resume and (run_dir / "metrics.json").is_file():
+        if resume and (run_dir / layout.METRICS).is_file():
             return _finished(run_dir, config, given, notify)
         train_run = dict(callbacks=callbacks, notify=notify, strategy=strategy)
         if resume and checkpoints.has_initial(run_dir):
@@ -304,7 +288,7 @@ def _run_in(run_dir, config, strategy, callbacks, notify, *, resume, overwrite, 
 def _finished(run_dir: Path, config: Config, given, notify: Callable[[str], None]) -> RunResult:
     resumed_config(run_dir, config, given)  # the same command, not another run's
     notify(f"{run_dir} finished training already; nothing to resume")
-    return RunResult(run_dir, layout.read_json(run_dir / "metrics.json"), finished_before=True)
+    return RunResult(run_dir, layout.read_json(run_dir / layout.METRICS), finished_before=True)
 
 
 def _nothing_trained_yet(run_dir: Path, notify: Callable[[str], None]) -> bool:
@@ -338,18 +322,15 @@ def _train(
     # A resumed run rebuilds it as it started (checkpoints.load_initial checks it), unless its state
     # holds the initial weights themselves (runs started by earlier versions).
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(precision.policy(config))
-    try:
-        with strategy.scope():  # the model, and so its optimizer and metrics, belong to the strategy
-            stored = resume and checkpoints.has_initial_weights(run_dir)
-            build_config = dataclasses.replace(config, weights="none") if stored else config
-            if resume:
-                _check_base_weights(run_dir, build_config)
-            model, base = build_model(build_config, len(splits.class_names))
-            if partial_finetune.is_partial(config):
-                partial_finetune.split_base(base, config)  # a cut that cannot be made fails before the run dir is touched
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # global state: leave it as found
+    # The model, and so its optimizer and metrics, belong to the strategy.
+    with precision.building_in(precision.policy(config)), strategy.scope():
+        stored = resume and checkpoints.has_initial_weights(run_dir)
+        build_config = dataclasses.replace(config, weights="none") if stored else config
+        if resume:
+            _check_base_weights(run_dir, build_config)
+        model, base = build_model(build_config, len(splits.class_names))
+        if partial_finetune.is_partial(config):
+            partial_finetune.split_base(base, config)  # a cut that cannot be made fails before the run dir is touched
 
     notify(
         f"{len(splits.class_names)} classes ({', '.join(splits.class_names)}); "
@@ -381,7 +362,7 @@ def _train(
         callbacks = (lambda extra: lambda phase, c: [*extra(phase, c), tracker.callback()])(callbacks)
 
     cache = pipelines.cache_mode(config, splits.sizes["train"] + splits.sizes["valid"])
-    notify(start_line(config, devices(strategy), cache))
+    notify(start_line(config, machine.devices(distribute.describe(strategy)), cache))
     if slow := precision.slow_warning(config):
         notify(slow)
     cache_dir = run_dir / "cache"
@@ -419,7 +400,7 @@ def _train(
         if not distribute.is_multi_worker(strategy):
             raise
         raise WorkerLost(
-            f"lost another worker ({type(e).__name__}: {str(e).splitlines()[0][:120]}); every finished epoch is "
+            f"lost another worker ({type(e).__name__}: {first_line(e, 120)}); every finished epoch is "
             "saved in the chief's run dir: restart every worker with the same command and --resume"
         ) from None
     shutil.rmtree(cache_dir, ignore_errors=True)  # a file cache is as large as the data set
@@ -436,9 +417,9 @@ def _train(
     metrics["cache"] = cache
     metrics["recipe"] = config.recipe
     metrics["split_sizes"] = splits.sizes
-    metrics["environment"] = environment()
-    layout.write_json(run_dir / "history.json", head.history + finetune.history)
-    layout.write_json(run_dir / "metrics.json", metrics)
+    metrics["environment"] = machine.describe()
+    layout.write_json(run_dir / layout.HISTORY, head.history + finetune.history)
+    layout.write_json(run_dir / layout.METRICS, metrics)
     shutil.rmtree(run_dir / checkpoints.STATE, ignore_errors=True)  # finished: nothing left to resume
     # No curves.png here: drawing it (matplotlib's import alone) took 2-3 s, a tenth of a small
     # run; `flowerft report` draws it (flowerft/reporting/curves.py) from the files just written.
@@ -475,14 +456,14 @@ def start_run_dir(run_dir: Path, config: Config, splits: splitting.Splits, model
     if overwrite and run_dir.exists():
         removed = layout.clear_run(run_dir, keep=lock.LOCK)  # check_new made sure it is a flowerft run
     layout.make_run_dir(run_dir)
-    layout.write_yaml(run_dir / "config.yaml", to_dict(config) | {"run_dir": str(run_dir)})  # marks a run: layout.is_run
-    layout.write_json(run_dir / "class_names.json", splits.class_names)
+    layout.write_yaml(run_dir / layout.CONFIG, to_dict(config) | {"run_dir": str(run_dir)})  # marks a run: layout.is_run
+    layout.write_json(run_dir / layout.CLASS_NAMES, splits.class_names)
     if splits.files is not None:
-        layout.write_json(run_dir / "splits.json", splits.files)
+        layout.write_json(run_dir / layout.SPLITS, splits.files)
     if splits.record:  # where the images are, so that evaluate, report and --resume find them again
         layout.write_json(run_dir / source_record.SOURCE, splits.record)
     if splits.skipped:
-        layout.write_json(run_dir / "skipped_files.json", splits.skipped)
+        layout.write_json(run_dir / layout.SKIPPED, splits.skipped)
     checkpoints.save_initial(model, run_dir, config.weights)
     layout.set_latest(run_dir, config.runs_root)  # now, so that `--resume` finds a run that dies
     return removed

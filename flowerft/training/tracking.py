@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flowerft.config import MLFLOW_DATABASE, MLFLOW_EXPERIMENT, Config, to_dict
-from flowerft.errors import ConfigError
+from flowerft.errors import ConfigError, first_line
 from flowerft.runs import layout
 
 RECORD = "mlflow.json"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-TRAINING_FILES = ("config.yaml", "metrics.json", "history.json")  # curves.png: `report` draws it (OUTPUT_FILES)
-OUTPUT_FILES = ("config.yaml", "curves.png", "evaluation.json", "confusion_matrix.png", "report.html")
+TRAINING_FILES = (layout.CONFIG, layout.METRICS, layout.HISTORY)  # curves.png: `report` draws it (OUTPUT_FILES)
+OUTPUT_FILES = (layout.CONFIG, "curves.png", "evaluation.json", "confusion_matrix.png", "report.html")
 MODEL_CARD = Path("export") / "README.md"  # written by `flowerft export`; logged as model_card.md
 # A server that does not answer must cost seconds, not MLflow's default minutes of retries.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -62,9 +62,8 @@ def default_uri(runs_root: str | Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_root).resolve() / MLFLOW_DATABASE}"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+def _said(e: BaseException) -> str:
+    return f"{type(e).__name__}: {first_line(e, 160)}" if str(e).strip() else type(e).__name__
 
 
 class Tracker:
@@ -79,7 +78,7 @@ class Tracker:
 
     def _failed(self, what: str, e: BaseException) -> None:
         self.enabled = False
-        self.notify(f"MLflow tracking stopped: could not {what} ({_first_line(e)}); training goes on, "
+        self.notify(f"MLflow tracking stopped: could not {what} ({_said(e)}); training goes on, "
                     f"the run dir keeps everything")
 
     def start(self, run_dir: Path, committed: list[dict[str, Any]]) -> None:
@@ -174,8 +173,8 @@ def committed_history(run_dir: Path) -> list[dict[str, Any]]:
     """The epochs a run has saved: history.json when finished, else the committed progress (state.Progress)."""
     from flowerft.training.checkpoints import Progress
 
-    if (run_dir / "history.json").is_file():
-        return layout.read_json(run_dir / "history.json")
+    if (run_dir / layout.HISTORY).is_file():
+        return layout.read_json(run_dir / layout.HISTORY)
     progress = Progress.load(run_dir)
     if progress is None:
         return []
@@ -204,7 +203,7 @@ def log_outputs(run_dir: str | Path) -> str | None:
                 shutil.copyfile(run_dir / MODEL_CARD, card)
                 client.log_artifact(run_id, str(card))
     except Exception as e:  # a ConfigError (MLflow gone) too: what was asked for is done already
-        return f"not logged to MLflow ({_first_line(e)}); the files are in {run_dir}"
+        return f"not logged to MLflow ({_said(e)}); the files are in {run_dir}"
     return None
 
 

@@ -21,7 +21,7 @@ import numpy as np
 def fine_tune_rate(name: str, image_size: int, batch_size: int, steps: int) -> dict:
     import keras
 
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
     from flowerft.model import build_model, compile_for_phase, unfreeze_base
 
     keras.utils.set_random_seed(0)

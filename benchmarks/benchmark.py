@@ -263,7 +263,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
 
     work = Path(tempfile.mkdtemp(prefix="flowerft-bench-"))
     print(f"machine: {limits.machine()}; Python {platform.python_version()}", flush=True)

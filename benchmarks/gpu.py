@@ -122,7 +122,7 @@ def input_wait(config, steps: int) -> tuple[float, float]:
 def one_run(folder: Path, work: Path, args, jit: bool) -> None:
     import keras
 
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
     from flowerft.training import session
 
     config = make_config(

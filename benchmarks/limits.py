@@ -69,7 +69,7 @@ def finetune_rates(folder: Path, args) -> dict[str, float]:
     """(e): images/s of one training step of each variant, on the same batch of real JPEGs."""
     import keras
 
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
     from flowerft.data import pipelines, sources
     from flowerft.model import build_model, compile_for_phase, unfreeze_base
     from flowerft.training import partial_finetune

@@ -35,7 +35,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     """'name:key=value,key=value' -> (name, {key: YAML-typed value})."""
     import yaml
 
-    from flowerft.config import _loader
+    from flowerft.config_files import _loader
 
     name, _, pairs = text.partition(":")
     values = {}
@@ -67,7 +67,7 @@ def test_accuracy(run_dir: Path, checkpoint: str | None) -> float | None:
 def run_one(name: str, values: dict, seed: int, common: dict, work: Path) -> dict:
     import keras
 
-    from flowerft.config import resolve
+    from flowerft.config_files import resolve
     from flowerft.training import session
 
     config = resolve(common | values | {"seed": seed, "run_dir": str(work / f"{name}-seed{seed}")})

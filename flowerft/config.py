@@ -1,29 +1,26 @@
-"""Every default in one place, and how YAML files and flags override them.
+"""Every default in one place, each with its reason, and the checks every Config passes.
 
-Precedence: the dataclass below < the named recipe's values (RECIPES) < a YAML file
-(`--config`) < command-line flags.
-Everything is validated here, before any data is read or any model is built.
+A Config is checked as it is made, before any data is read or any model is built. Where its values
+come from (the recipe, a YAML file, flags, a run's config.yaml) is flowerft/config_files.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flowerft.backbones.registry import SCALINGS, get_backbone, is_own
-from flowerft.errors import ConfigError, first_line
+from flowerft.errors import ConfigError
 
 CACHE_MODES = ("auto", "memory", "file", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker", "tpu")
 SCHEDULES = ("cosine", "inverse_time")
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# "mixed" is what the older `mixed_precision: true` meant; runs that recorded it still read (config_files.py).
+PRECISIONS = ("auto", "float32", "bfloat16", "float16", "mixed")
 TRACKERS = ("none", "mlflow")
 
 # Named recipes: the values each one sets, between the dataclass defaults and a config file.
@@ -138,12 +135,11 @@ class Config:
 
     # --- speed and memory ---
     # float32, bfloat16 or float16 (mixed: weights and the softmax output stay float32), or auto:
-    # float16 on tensor-core GPUs, bfloat16 on CPUs that compute it natively (flowerft/precision.py).
+    # float16 on tensor-core GPUs, bfloat16 on CPUs that compute it natively; or mixed: float16 on
+    # any GPU, bfloat16 elsewhere, native or not (flowerft/precision.py).
     # float32, though bfloat16 measured 1.46x faster at equal accuracy (README, Speed): a bfloat16
     # model does not convert to TFLite yet (`flowerft export` fails in the MLIR translation).
     precision: str = "float32"
-    # The older switch: mixed_float16 on a GPU, mixed_bfloat16 elsewhere (when precision is float32 or auto).
-    mixed_precision: bool = False
     # Fine-tune batches computed this many images at a time, gradients accumulated to one update
     # per batch_size (same result, less memory: flowerft/training/micro_batches.py). null: whole batches.
     micro_batch: int | None = None
@@ -170,10 +166,11 @@ class Config:
         _check_values(self)
 
 
-# --- `flowerft export` (not part of a run: an export reads the run and writes beside it) ---
+# The defaults and limits below are not part of a run, but a user meets them (as an option's
+# default, in --help, in a table's caption or an error), so they live here with the run's.
+
+# --- `flowerft export` (an export reads the run and writes beside it) ---
 EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
-# int8 calibration: a few hundred training images pin each activation's range; more only cost time.
-REPRESENTATIVE_IMAGES = 300
 # A float format (SavedModel, float32, float16 TFLite) may round a near-tie the other way, no more:
 # top-1 answers differing from the .keras model's on over 0.5% of test images mean a broken export.
 MAX_FLOAT_DISAGREEMENT = 0.005
@@ -206,9 +203,7 @@ SERVE_MAX_IMAGES = 32
 # Decoded, 50 megapixels take 150 MB: a larger image (or a "decompression bomb", a small file that
 # decodes to gigabytes) is refused before it is decoded.
 SERVE_MAX_PIXELS = 50_000_000
-# Requests waiting while the model is busy are run together, up to this many images in one call:
-# batches amortise the per-call cost, and no request waits for others when the model is idle.
-SERVE_MAX_BATCH = 32
+# How many classes POST /predict lists per image when its request gives no ?k=.
 SERVE_TOP_K = 3
 
 
@@ -314,112 +309,6 @@ def _check_source(c: Config, need) -> None:
     need(c.class_order is None or not tfds, "class_order", "applies to folders, CSV labels and Hugging Face text labels; TFDS keeps its dataset's order")
     need(tfds or c.tfds_data_dir is None, "tfds_data_dir",
          f"cannot be given with {(given or [''])[0]} (TFDS is not used for that source); give one of them")
-
-
-def _loader():
-    """yaml.SafeLoader, but reading 1e-3 as the number people mean (YAML 1.1 makes it text).
-
-    PyYAML follows YAML 1.1, whose floats need a dot (1.0e-3); learning rates are written 1e-3.
-    A subclass, so PyYAML's own SafeLoader is left as it is; like it, it runs no code.
-    """
-    import re
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-        list("-+0123456789."),
-    )
-    return Loader
-
-
-def shipped_configs() -> dict[str, Path]:
-    """The example configs installed with flowerft (flowerft/configs, the repository's configs/), by name."""
-    folder = Path(__file__).parent / "configs"
-    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
-
-
-def config_path(name: str | Path) -> Path:
-    """`--config`'s file: a path, or the name of a shipped example (`book`, `offline-mobilenet`)."""
-    path = Path(name)
-    if not path.exists() and path.parent == Path(".") and path.stem in (shipped := shipped_configs()):
-        return shipped[path.stem]
-    return path
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file; plain data only (yaml.safe_load runs no code)."""
-    import yaml  # not at the top: `flowerft --help` must stay instant
-
-    path = config_path(path)
-    try:
-        data = yaml.load(path.read_text(), Loader=_loader())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} cannot be read: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or (first_line(e) if str(e).strip() else "invalid YAML")
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    return data
-
-
-def given_values(yaml_path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
-    """What the user set: the YAML file's values, then the overrides that are not None."""
-    values: dict[str, Any] = {}
-    sources = [read_yaml(yaml_path) if yaml_path else {}, {k: v for k, v in overrides.items() if v is not None}]
-    for source in sources:
-        unknown = sorted(set(source) - FIELDS, key=str)
-        if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), FIELDS, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"known keys are {', '.join(sorted(FIELDS))}"
-            raise ConfigError(f"{unknown[0]}: unknown config key; {hint}")
-        values.update(source)
-    return values
-
-
-def resolve(given: dict[str, Any]) -> Config:
-    """The Config for what the user set: defaults < its recipe's values (< FROM_SCRATCH) < `given`."""
-    name = given.get("recipe", DEFAULTS["recipe"])
-    if not isinstance(name, str) or name not in RECIPES:
-        raise ConfigError(f"recipe: must be one of {', '.join(RECIPES)}, got {name!r}")
-    scratch = FROM_SCRATCH if given.get("weights", DEFAULTS["weights"]) == "none" else {}
-    return Config(**(RECIPES[name] | scratch | given))
-
-
-def make_config(yaml_path: str | Path | None = None, **overrides: Any) -> Config:
-    """Defaults, then the recipe's values, then the YAML file, then the overrides that are not None."""
-    return resolve(given_values(yaml_path, **overrides))
-
-
-# Paths a run records: stored absolute, so the run works from any working directory.
-PATH_KEYS = ("data_dir", "tfds_data_dir", "weights", "labels", "backbone")
-# A local dataset when such a path exists, else a name (a Hugging Face hub id) kept as given.
-PATH_OR_NAME_KEYS = ("hf_dataset",)
-
-
-def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with its data folders and weights file as absolute paths (symlinks kept as given)."""
-    def absolute(key, value):
-        if key in PATH_OR_NAME_KEYS and isinstance(value, str) and os.path.exists(os.path.expanduser(value)):
-            return os.path.abspath(os.path.expanduser(value))
-        if key not in PATH_KEYS or not isinstance(value, str) or value in ("", "imagenet", "none"):
-            return value
-        if key == "backbone" and (not is_own(value) or "://" in value):  # a name, or a preset's address
-            return value
-        return os.path.abspath(os.path.expanduser(value))  # abspath also folds "a/../b"
-
-    return {key: absolute(key, value) for key, value in values.items()}
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -1,10 +1,11 @@
-"""Which Keras precision policy a run trains in: `precision` (and the older `mixed_precision` switch).
+"""Which Keras precision policy a run trains in: its `precision`.
 
     float32   everything in float32
     bfloat16  mixed_bfloat16: compute in bfloat16, weights and the softmax output in float32
     float16   mixed_float16: the same with float16 (Keras scales the loss so gradients do not underflow)
     auto      float16 on a GPU with tensor cores, bfloat16 where the CPU computes it natively
               (avx512_bf16 / amx_bf16, which oneDNN uses), else float32
+    mixed     float16 on any GPU, bfloat16 elsewhere, native or not (the older `--mixed-precision`)
 
 bfloat16 on a CPU without native support is emulated and slower than float32; float16 on a
 CPU is slower still. The README's Speed section has the measurement behind the default.
@@ -75,12 +76,8 @@ def slow_warning(config: Config) -> str | None:
 
 
 def policy(config: Config) -> str:
-    """The Keras global policy name for a run.
-
-    `mixed_precision: true` (the older switch, `--mixed-precision`) keeps its meaning unless
-    `precision` names a type: float16 on GPUs, bfloat16 elsewhere, native or not.
-    """
-    if config.mixed_precision and config.precision in ("float32", "auto"):
+    """The Keras global policy name for a run."""
+    if config.precision == "mixed":
         import tensorflow as tf
 
         return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"

@@ -151,7 +151,7 @@ def start_weights(run: Path) -> dict:
     """The run's classifier before training, rebuilt from its config with its seed (tiny base)."""
     import keras
 
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
     from flowerft.model import build_model
     from flowerft.runs import layout
 

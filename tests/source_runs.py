@@ -13,7 +13,7 @@ from test_exact_resume import StopAfter
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import Interrupted
 from flowerft.training import session
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from flowerft.backbones.registry import BACKBONES, block_starts, get_backbone
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError
 from flowerft.model import all_layers, build_model, compile_for_phase, make_base, pixel_scaling, unfreeze_base
 from flowerft.training import partial_finetune

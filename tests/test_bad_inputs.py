@@ -154,3 +154,18 @@ def test_ctrl_c_in_evaluate_or_predict_is_one_line_and_exit_130(command, trained
     monkeypatch.setattr(evaluate if command[0] == "evaluate" else predict, "run", interrupted)
     result = runner.invoke(app, [*command, "--run-dir", str(trained_run)])
     assert one_line_error(result, code=130) == "Error: interrupted"
+
+
+def test_multiworker_on_an_untested_keras_is_one_line_before_any_internal_is_patched(monkeypatch):
+    from keras.src.backend.tensorflow import trainer
+
+    from flowerft.errors import FlowerftError
+    from flowerft.training import distribute
+
+    patched_before = trainer.reduce_per_replica
+    monkeypatch.setattr(keras, "__version__", "3.16.0")
+    with pytest.raises(FlowerftError) as raised:
+        distribute.make_strategy("multiworker")
+    assert str(raised.value).startswith("--distribute multiworker works around Keras bugs in its internals, tested "
+                                        "with keras>=3.15,<3.16 only, and this is Keras 3.16.0: pip install")
+    assert "\n" not in str(raised.value) and trainer.reduce_per_replica is patched_before

@@ -6,11 +6,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-from flowerft.config import Config
+from flowerft.config import Config, to_dict
+from flowerft.config_files import make_config
 from flowerft.training import session
 from flowerft.training.session import RunResult
 from flowerft.training.summary import PhaseResult, summarize
@@ -54,7 +56,7 @@ def test_flags_override_the_yaml_file(captured, tmp_path):
     assert (c.epochs_head, c.lr_head, c.clipnorm, c.epochs_finetune) == (3, 0.05, 0.5, 0)
     assert (c.data_dir, c.weights, c.backbone, c.image_size, c.batch_size) == (None, "none", "mobilenet", 96, 16)
     assert (c.lr_finetune, c.seed, c.run_dir, c.tfds_data_dir) == (0.001, 7, "r", "t")
-    assert c.mixed_precision and c.jit_compile
+    assert c.precision == "mixed" and c.jit_compile  # --mixed-precision: the older spelling of --precision mixed
 
 
 def test_memory_and_partial_fine_tuning_flags_reach_the_config(captured):
@@ -82,7 +84,27 @@ def test_switches_left_off_keep_the_yaml_value(captured, tmp_path):
     path.write_text("mixed_precision: true\naugment: true\ncache: file\n")
     assert runner.invoke(app, ["train", "--config", str(path)]).exit_code == 0
     c = captured["config"]
-    assert c.mixed_precision and c.augment and c.cache == "file" and not c.jit_compile
+    assert c.precision == "mixed" and c.augment and c.cache == "file" and not c.jit_compile
+
+
+def test_show_config_prints_the_resolved_config_as_yaml_and_trains_nothing(captured, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr_finetune: 0.002\nclipnorm: 0.5\n")
+    args = ["train", "--recipe", "book", "--config", str(path), "--epochs-head", "2", "--mixed-precision", "--show-config"]
+    code = ("import sys; from typer.testing import CliRunner; from flowerft.cli import app; "
+            f"r = CliRunner().invoke(app, {args!r}); print(r.exit_code, 'tensorflow' in sys.modules); print(r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
+    code_and_tf, _, printed = out.partition("\n")
+    assert code_and_tf == "0 False", out  # printed without importing TensorFlow (seconds)
+    shown = yaml.safe_load(printed)
+    # defaults < --recipe book < the file < flags, every key spelled as a run's config.yaml spells it
+    expected = make_config(path, recipe="book", epochs_head=2, mixed_precision=True)
+    assert Config(**shown) == expected and list(shown) == list(to_dict(expected))
+    assert (expected.lr_head, expected.lr_finetune, expected.clipnorm, expected.precision) == (0.2, 0.002, 0.5, "mixed")
+    result = runner.invoke(app, ["train", "--show-config", "--weights", "none"])
+    assert result.exit_code == 0 and "config" not in captured  # nothing trained
+    assert Config(**yaml.safe_load(result.output)) == make_config(weights="none")
+    assert "lr_head: must be greater than 0" in error_of(["train", "--show-config", "--lr-head", "-1"])
 
 
 def test_help_lists_every_option_with_its_default():

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowerft.config import DEFAULTS, RECIPES, Config, make_config, to_dict
+from flowerft.config import DEFAULTS, RECIPES, Config, to_dict
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,27 +43,20 @@ def test_an_unknown_recipe_names_the_known_ones():
         make_config(recipe="geron")
 
 
-def test_default_yaml_restates_the_defaults_and_names_its_command():
-    path = REPO / "configs" / "default.yaml"
-    assert path.read_text().startswith("# flowerft train")
-    values = yaml.safe_load(path.read_text())
-    assert values and all(DEFAULTS[k] == v for k, v in values.items())
-    assert make_config(path) == Config()
-
-
-def test_book_yaml_restates_the_book_recipe():
-    path = REPO / "configs" / "book.yaml"
-    assert path.read_text().startswith("# flowerft train --config configs/book.yaml")
-    values = yaml.safe_load(path.read_text())
-    book = make_config(recipe="book")
-    assert values["recipe"] == "book" and all(getattr(book, k) == v for k, v in values.items())
-    assert set(RECIPES["book"]) <= set(values)  # every value the recipe sets is spelled out
-    assert make_config(path) == book
+def test_every_shipped_config_is_a_real_variant_and_names_its_command():
+    # Defaults live in the dataclass and recipes in RECIPES (`--recipe`, `train --show-config`):
+    # a shipped file that only restated one of them would be a second home for its values.
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        assert path.read_text().startswith(f"# flowerft train --config configs/{path.name}"), path.name
+        written = yaml.safe_load(path.read_text())
+        assert make_config(path) != make_config(recipe=written.get("recipe", "flowerft")), path.name
 
 
 def test_every_shipped_config_gives_the_values_it_writes():
     paths = sorted((REPO / "configs").glob("*.yaml"))
-    assert len(paths) >= 4
+    assert len(paths) >= 2
     for path in paths:
         written = yaml.safe_load(path.read_text())
         config = make_config(path)
@@ -163,3 +157,38 @@ def test_yaml_cannot_run_code(tmp_path):
 
 def test_clipnorm_zero_means_no_clipping_spelled_one_way():
     assert make_config(clipnorm=0).clipnorm is None and make_config(recipe="book").clipnorm is None
+
+
+def test_a_run_recorded_with_the_old_mixed_precision_switch_still_loads_evaluates_and_resumes(tmp_path):
+    """Runs trained before `precision: mixed` recorded `mixed_precision: true` beside `precision`:
+    they keep the policy they trained in, whether opened for evaluation or resumed."""
+    from flowerft import precision
+    from flowerft.config_files import given_values
+    from flowerft.runs import layout, loader
+    from flowerft.training import session
+
+    def old_run(name, **values):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        recorded = to_dict(make_config(backbone="mobilenet", image_size=32)) | values | {"run_dir": str(run_dir)}
+        layout.write_yaml(run_dir / layout.CONFIG, recorded)
+        return run_dir
+
+    mixed = old_run("mixed", precision="float32", mixed_precision=True)
+    config = loader.run_config(mixed)  # as evaluate, predict, export and report open a run
+    assert config.precision == "mixed" and precision.policy(config) == "mixed_bfloat16"  # no GPU here
+    resumed = session.resumed_config(mixed, make_config(run_dir=str(mixed)), given={"run_dir": str(mixed)})
+    assert resumed == config
+    # `--mixed-precision` given again on resume is the run's own option, not a different one.
+    again = given_values(mixed_precision=True, run_dir=str(mixed))
+    assert session.resumed_config(mixed, make_config(**again), given=again).precision == "mixed"
+    # A named type won over the switch, and a switch left off changed nothing: both still hold.
+    named = loader.run_config(old_run("named", precision="float16", mixed_precision=True))
+    assert named.precision == "float16" and precision.policy(named) == "mixed_float16"
+    auto = loader.run_config(old_run("auto", precision="auto", mixed_precision=True))
+    assert auto.precision == "mixed"
+    off = loader.run_config(old_run("off", precision="float32", mixed_precision=False))
+    assert off.precision == "float32" and precision.policy(off) == "float32"
+    assert "mixed_precision" not in to_dict(off)  # a new run records precision alone
+    with pytest.raises(ConfigError, match="^mixed_precision: expected bool"):
+        make_config(mixed_precision="yes")

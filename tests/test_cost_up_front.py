@@ -4,9 +4,10 @@ import io
 
 from rich.console import Console
 
-from flowerft.cli import progress_display
-from flowerft.cli.progress_display import Display, cost_line
-from flowerft.config import make_config
+from flowerft import precision
+from flowerft.cli.progress_display import Display
+from flowerft.cli.run_clock import RunClock, cost_line
+from flowerft.config_files import make_config
 
 
 class FakeTime:
@@ -20,10 +21,10 @@ class FakeTime:
 def watched_run(config, monkeypatch, native_bfloat16=False):
     """A display on a fake clock, as `flowerft train` makes it for a log file, in its fine-tune phase."""
     auto = "bfloat16" if native_bfloat16 else "float32"  # what --precision auto would pick here
-    monkeypatch.setattr(progress_display.precision, "resolve", lambda p: auto if p == "auto" else p)
+    monkeypatch.setattr(precision, "resolve", lambda p: auto if p == "auto" else p)
     out, now = io.StringIO(), FakeTime()
     display = Display(Console(file=out, width=120))
-    display.clock = progress_display.RunClock(now=now)
+    display.clock = RunClock(now=now)
     display.callbacks("finetune", config)
     display.clock.begin_epoch("finetune", 0, 100)
 

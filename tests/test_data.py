@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import make_image_folder
 from PIL import Image
 
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.data import image_folders, image_io, network, pipelines, sources, splitting, tfds_datasets
 from flowerft.errors import DataError, OfflineError
 

@@ -21,7 +21,7 @@ from conftest import (
     tiny_base_under_head,
 )
 
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.data import pipelines
 from flowerft.errors import Interrupted
 from flowerft.training import checkpoints, session

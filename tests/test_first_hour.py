@@ -75,7 +75,7 @@ def test_libjpeg_complaints_about_broken_files_stay_out_of_train(tmp_path):
 
 def test_bfloat16_emulated_on_this_cpu_is_warned(monkeypatch):
     from flowerft import precision
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
 
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda *a: False)
     assert "no native bfloat16" in precision.slow_warning(make_config(precision="bfloat16"))
@@ -96,7 +96,7 @@ def test_version_and_help_say_what_a_newcomer_asks():
 
 
 def test_unknown_keys_get_the_close_one_and_broken_yaml_its_line(tmp_path):
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
     from flowerft.errors import ConfigError
 
     (tmp_path / "typo.yaml").write_text("lr_haed: 0.1\n")
@@ -108,18 +108,18 @@ def test_unknown_keys_get_the_close_one_and_broken_yaml_its_line(tmp_path):
 
 
 def test_the_example_configs_ship_with_the_package_and_copy_out(tmp_path):
-    from flowerft.config import make_config, shipped_configs
+    from flowerft.config_files import make_config, shipped_configs
 
     shipped = shipped_configs()
-    assert {"default", "book", "stable", "offline-mobilenet"} <= set(shipped)
+    assert {"stable", "offline-mobilenet"} <= set(shipped)
     listing = runner.invoke(app, ["configs"], env={"COLUMNS": "80"})
     assert listing.exit_code == 0 and "offline-mobilenet" in listing.output
     assert max(map(len, listing.output.splitlines())) <= 80
-    result = runner.invoke(app, ["configs", "--copy", "book", "--to", str(tmp_path / "mine")])
+    result = runner.invoke(app, ["configs", "--copy", "stable", "--to", str(tmp_path / "mine")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "mine" / "book.yaml").read_text() == shipped["book"].read_text()
-    assert "exists already" in one_line_error(runner.invoke(app, ["configs", "--copy", "book", "--to", str(tmp_path / "mine")]))
-    assert make_config("book") == make_config(recipe="book")  # --config NAME takes a shipped example
+    assert (tmp_path / "mine" / "stable.yaml").read_text() == shipped["stable"].read_text()
+    assert "exists already" in one_line_error(runner.invoke(app, ["configs", "--copy", "stable", "--to", str(tmp_path / "mine")]))
+    assert make_config("stable") == make_config(recipe="book", clipnorm=1.0)  # --config NAME takes a shipped example
 
 
 def test_the_model_card_and_the_report_speak_plainly(trained_run, tmp_path):

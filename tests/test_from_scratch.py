@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_image, make_image_folder
 
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError
 from flowerft.training import session
 

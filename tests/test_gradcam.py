@@ -11,7 +11,7 @@ from PIL import Image
 
 from flowerft import model as model_module
 from flowerft.backbones.registry import BACKBONES
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import FlowerftError
 from flowerft.model import build_model, unfreeze_base
 from flowerft.reporting import gradcam

@@ -16,7 +16,7 @@ from conftest import make_image, one_line_error  # noqa: E402
 from source_runs import train_resume_evaluate_report  # noqa: E402
 
 from flowerft.cli import app  # noqa: E402
-from flowerft.config import make_config  # noqa: E402
+from flowerft.config_files import make_config  # noqa: E402
 from flowerft.data import sources  # noqa: E402
 from flowerft.data import hf_datasets
 

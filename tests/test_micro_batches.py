@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import assert_trained, make_image_folder, tiny_base
 
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError
 from flowerft.model import learning_rate_schedule
 from flowerft.training import session

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flowerft.backbones.registry import get_backbone
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, OfflineError
 from flowerft.model import (
     all_layers,

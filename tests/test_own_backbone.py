@@ -12,7 +12,7 @@ from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, OfflineError
 from flowerft.model import all_layers, build_model, unfreeze_base
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_trained, make_image_folder, tiny_base
 from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
 
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, Interrupted
 from flowerft.training import partial_finetune, session
 

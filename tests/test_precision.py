@@ -3,7 +3,7 @@
 import pytest
 
 from flowerft import precision
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.errors import ConfigError
 
 

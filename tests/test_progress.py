@@ -6,9 +6,10 @@ import re
 import pytest
 from rich.console import Console
 
-from flowerft.cli import phase_table
-from flowerft.cli.progress_display import RunClock, training_display
-from flowerft.config import make_config
+from flowerft.cli.progress_display import training_display
+from flowerft.cli.run_clock import RunClock
+from flowerft.cli.train_command import phase_table
+from flowerft.config_files import make_config
 from flowerft.training.summary import PhaseResult, summarize
 
 TIME = re.compile(r"\d:\d\d:\d\d")

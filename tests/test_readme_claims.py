@@ -85,7 +85,7 @@ def test_export_of_the_final_checkpoint_into_another_folder(latest, tmp_path):
 def test_resume_after_the_data_folder_moved_names_the_missing_files_and_works_once_it_is_back(tmp_path):
     from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
 
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
     from flowerft.errors import Interrupted
     from flowerft.training import session
 

@@ -29,7 +29,7 @@ def devkit_slice(target: Path) -> Path:
 @pytest.mark.skipif(not (WEIGHTS.is_file() and IMAGES.is_dir()),
                     reason=f"no dev kit at {DEVKIT}: run `PY=.venv/bin/python bash ../shared/devkit/setup.sh`")
 def test_the_default_recipe_fine_tunes_past_the_head_on_real_images(tmp_path):
-    from flowerft.config import make_config
+    from flowerft.config_files import make_config
     from flowerft.reporting.evaluate import predict_split
     from flowerft.training import session
 

@@ -15,7 +15,8 @@ from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-from flowerft.config import DEFAULTS, make_config, to_dict
+from flowerft.config import DEFAULTS, to_dict
+from flowerft.config_files import make_config
 from flowerft.errors import FlowerftError
 from flowerft.runs import layout
 from flowerft.training import checkpoints

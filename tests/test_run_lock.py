@@ -12,7 +12,8 @@ from conftest import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-from flowerft.config import make_config, to_dict
+from flowerft.config import to_dict
+from flowerft.config_files import make_config
 from flowerft.runs import lock
 
 runner = CliRunner()

@@ -13,7 +13,8 @@ import yaml
 from conftest import make_image_folder
 from test_exact_resume import StopAfter
 
-from flowerft.config import make_config, to_dict
+from flowerft.config import to_dict
+from flowerft.config_files import make_config
 from flowerft.errors import FlowerftError, Interrupted
 from flowerft.training import checkpoints, session
 

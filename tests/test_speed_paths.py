@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import HEAD_KERNEL, MOVED, assert_differ, make_image_folder, named_weights
 
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.data import pipelines, sources
 from flowerft.model import build_model
 from flowerft.runs import layout

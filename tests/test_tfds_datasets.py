@@ -13,7 +13,7 @@ from source_runs import train_resume_evaluate_report
 from typer.testing import CliRunner
 
 from flowerft.cli import app
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.data import sources, tfds_datasets
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from flowerft.config import make_config
+from flowerft.config_files import make_config
 from flowerft.data import network
 from flowerft.training import session
 from flowerft.training.summary import PhaseResult, summarize

@@ -1,12 +1,25 @@
 """The `flowerft` command line: parse options, build a Config, call one library function.
 
-One file per command; TensorFlow is imported inside the commands, never at module level, so
-`--help` is instant.
+One module per command, each defining a plain function; they are registered on `app` here.
+TensorFlow is imported inside the commands, never at module level, so `--help` is instant.
 """
 
 from __future__ import annotations
 
 import typer
+
+from flowerft.cli import (
+    backbones_command,
+    configs_command,
+    evaluate_command,
+    explain_command,
+    export_command,
+    predict_command,
+    report_command,
+    runs_command,
+    serve_command,
+    train_command,
+)
 
 app = typer.Typer(
     help="Transfer learning for image classifiers: Géron's Xception-on-tf_flowers recipe, done right.",
@@ -38,20 +51,17 @@ def main_options(
     """Transfer learning for image classifiers: Géron's Xception-on-tf_flowers recipe, done right."""
 
 
-# Each module registers its command on `app` (the order here is the order of `--help`).
-from flowerft.cli import backbones_command  # noqa: E402,F401
-from flowerft.cli import configs_command  # noqa: E402,F401
-from flowerft.cli import explain_command  # noqa: E402,F401
-from flowerft.cli import serve_command  # noqa: E402,F401
-from flowerft.cli import (  # noqa: E402,F401
-    evaluate_command,
-    export_command,
-    predict_command,
-    report_command,
-    runs_command,
-    train_command,
-)
-from flowerft.cli.train_command import phase_table  # noqa: E402,F401
+# Typer's pattern for commands in other modules; the order here is the order of `--help`.
+app.command()(backbones_command.backbones)
+app.command()(configs_command.configs)
+app.command()(explain_command.explain)
+app.command()(serve_command.serve)
+app.command()(evaluate_command.evaluate)
+app.command()(export_command.export)
+app.command()(predict_command.predict)
+app.command()(report_command.report)
+app.command()(runs_command.runs)
+app.command()(train_command.train)
 
 
 def main() -> None:

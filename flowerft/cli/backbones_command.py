@@ -10,11 +10,9 @@ from rich import box
 from rich.table import Table
 
 from flowerft.backbones.registry import keras_models_dir, table_rows
-from flowerft.cli import app
 from flowerft.cli.common import console
 
 
-@app.command()
 def backbones(
     as_json: Annotated[bool, typer.Option("--json", help="Print the backbones as a JSON list on stdout and nothing else.")] = False,
 ) -> None:

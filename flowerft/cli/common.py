@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import Callable
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from flowerft.config import DEFAULTS, RECIPES
+from flowerft.errors import FlowerftError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,6 +32,18 @@ def fail(message: str, code: int = 1) -> None:
     # Escaped: a message is plain text, and "flowerft[mlflow]" or a path with brackets must print as written.
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def one_line_errors(interrupted: str | Callable[[], str] = "interrupted"):
+    """Every command's error tail: a FlowerftError is its own one line (exit 1), Ctrl-C is
+    `interrupted` (exit 130; a function, to say what was kept at the moment it was pressed)."""
+    try:
+        yield
+    except FlowerftError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail(interrupted() if callable(interrupted) else interrupted, code=130)
 
 
 def report_and_exit_now(message: str, code: int = 1) -> None:

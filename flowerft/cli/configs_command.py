@@ -9,13 +9,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.cli import app
-from flowerft.cli.common import console, fail
-from flowerft.config import shipped_configs
+from flowerft.cli.common import console, fail, one_line_errors
+from flowerft.config_files import shipped_configs
 from flowerft.errors import FlowerftError
 
 
-@app.command()
 def configs(
     copy: Annotated[Optional[str], typer.Option(help="Copy this config (a name from the list) to --to, to edit it.")] = None,
     to: Annotated[Path, typer.Option(show_default=False, help="Folder to copy it into (default: the current folder).")] = Path("."),
@@ -32,19 +30,18 @@ def configs(
             table.add_row(name, _purpose(path))
         console.print(table)
         return
-    try:
+    with one_line_errors():
         source = shipped.get(copy.removesuffix(".yaml"))
         if source is None:
             raise FlowerftError(f"no example config {copy!r}; choose one of {', '.join(shipped)}")
         target = to / source.name
         if target.exists():
             raise FlowerftError(f"{target} exists already; move it away or give --to another folder")
-        to.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    except OSError as e:
-        fail(f"cannot copy to {to}: {e.strerror or e}")
-    except FlowerftError as e:
-        fail(str(e))
+        try:
+            to.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        except OSError as e:
+            fail(f"cannot copy to {to}: {e.strerror or e}")
     console.print(f"Written: {target} (use it with: flowerft train --config {target})", highlight=False, soft_wrap=True)
 
 

@@ -9,12 +9,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.cli import app
-from flowerft.cli.common import check_run_exists, console, err_console, fail, import_tensorflow_quietly, num, pct
-from flowerft.errors import FlowerftError
+from flowerft.cli.common import (
+    check_run_exists,
+    console,
+    err_console,
+    import_tensorflow_quietly,
+    num,
+    one_line_errors,
+    pct,
+)
 
 
-@app.command()
 def evaluate(
     run_dir: Annotated[Optional[str], typer.Option(help="Run to evaluate (default: the one runs/latest names).")] = None,
     checkpoint: Annotated[str, typer.Option(show_default=False, help="best (best validation accuracy over both phases) or final (default: best).")] = "best",
@@ -23,16 +28,12 @@ def evaluate(
     output: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json, predictions.json and the confusion-matrix PNG (default: the run dir).")] = None,
 ) -> None:
     """Evaluate a trained run: loss, accuracy, top-2, per-class report and confusion matrix."""
-    try:
+    with one_line_errors():  # Ctrl-C leaves nothing half-written: every file is renamed into place
         check_run_exists(run_dir)
         import_tensorflow_quietly()
         from flowerft.reporting import evaluate as evaluation
 
         result = evaluation.run(run_dir, checkpoint=checkpoint, split=split, output=output)
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:  # nothing half-written: every file is renamed into place
-        fail("interrupted", code=130)
     if as_json:
         print(json.dumps(result.report, indent=2))
     else:

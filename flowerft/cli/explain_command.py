@@ -7,12 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowerft.cli import app
-from flowerft.cli.common import console, err_console, fail, import_tensorflow_quietly, native_stderr_silenced
-from flowerft.errors import FlowerftError
+from flowerft.cli.common import (
+    console,
+    err_console,
+    fail,
+    import_tensorflow_quietly,
+    native_stderr_silenced,
+    one_line_errors,
+)
 
 
-@app.command()
 def explain(
     images: Annotated[list[str], typer.Argument(help="Image files and folders (a folder means every image in it).")],
     run_dir: Annotated[Optional[str], typer.Option(help="Run whose best model is explained (default: the one runs/latest names).")] = None,
@@ -24,17 +28,13 @@ def explain(
     """Grad-CAM: a heatmap of where each image holds the evidence for its predicted class (or --class)."""
     if model is not None and run_dir is not None:
         fail(f"--model {model} is a model already: give it without --run-dir")
-    try:
+    with one_line_errors():
         import_tensorflow_quietly()
         from flowerft.reporting import explain as explaining
 
         with native_stderr_silenced():
             explanations, failures = explaining.run(images, run_dir=run_dir, model_path=model,
                                                     explained_class=explained_class, output=output)
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted", code=130)
     if as_json:
         print(json.dumps([e.as_dict() for e in explanations], indent=2))
     else:

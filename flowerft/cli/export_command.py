@@ -8,13 +8,18 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.cli import app
-from flowerft.cli.common import check_run_exists, console, fail, import_tensorflow_quietly, native_stderr_silenced, pct
+from flowerft.cli.common import (
+    check_run_exists,
+    console,
+    fail,
+    import_tensorflow_quietly,
+    native_stderr_silenced,
+    one_line_errors,
+    pct,
+)
 from flowerft.config import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, chosen_formats
-from flowerft.errors import FlowerftError
 
 
-@app.command()
 def export(
     run_dir: Annotated[Optional[str], typer.Option(help="Run to export (default: the one runs/latest names).")] = None,
     checkpoint: Annotated[str, typer.Option(show_default=False, help="best (best validation accuracy over both phases) or final (default: best).")] = "best",
@@ -22,7 +27,7 @@ def export(
     output: Annotated[Optional[Path], typer.Option(help="Folder for the exported files (default: RUN_DIR/export).")] = None,
 ) -> None:
     """Export a run's model for serving (SavedModel, ONNX) and devices (TFLite), verified on its test split."""
-    try:
+    with one_line_errors():  # Ctrl-C leaves nothing half-written: every file is renamed into place
         formats = chosen_formats(fmt)  # what can be checked before TensorFlow's import (seconds)
         check_run_exists(run_dir)
         # A minute or more of converting and checking: a terminal sees what is going on (and keeps
@@ -34,10 +39,6 @@ def export(
             # The TFLite converter and LiteRT write their progress to stderr from C++.
             with native_stderr_silenced():
                 result = exporting.run(run_dir, checkpoint=checkpoint, fmt=fmt, output=output)
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:  # every file is renamed into place: nothing is left half-written
-        fail("interrupted", code=130)
     console.print(export_table(result.report))
     console.print(f"Written: {result.folder} (export.json, README.md: the model card)", highlight=False, soft_wrap=True)
     if result.problem:

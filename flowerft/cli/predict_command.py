@@ -17,7 +17,6 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from flowerft.cli import app
 from flowerft.cli.common import (
     check_run_exists,
     console,
@@ -25,11 +24,10 @@ from flowerft.cli.common import (
     fail,
     import_tensorflow_quietly,
     native_stderr_silenced,
+    one_line_errors,
 )
-from flowerft.errors import FlowerftError
 
 
-@app.command()
 def predict(
     images: Annotated[list[str], typer.Argument(help="Image files and folders (a folder means every image in it).")],
     run_dir: Annotated[Optional[str], typer.Option(help="Run whose model predicts (default: the one runs/latest names).")] = None,
@@ -48,7 +46,7 @@ def predict(
     if csv_path is not None or jsonl_path is not None:
         predict_to_file(images, run_dir, checkpoint, model, top_k, csv_path or jsonl_path, "csv" if csv_path else "jsonl")
         return
-    try:
+    with one_line_errors():
         if model is None:
             check_run_exists(run_dir)
         import_tensorflow_quietly()
@@ -59,10 +57,6 @@ def predict(
         with native_stderr_silenced():
             predictions, failures = prediction.run(images, run_dir=run_dir, checkpoint=checkpoint or "best", k=top_k,
                                                    model_path=model)
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted", code=130)
     if as_json:
         print(json.dumps([{"path": p.path, "top_k": p.top_k} for p in predictions], indent=2))
     elif predictions:
@@ -78,7 +72,7 @@ def predict_to_file(images, run_dir, checkpoint, model, top_k, out_path: Path, f
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     counts = {"predicted": 0, "failed": 0}
-    try:
+    with one_line_errors(lambda: f"interrupted; {out_path} holds the rows of the first {sum(counts.values())} images"):
         import_tensorflow_quietly()
         from flowerft.serving import predict as prediction
 
@@ -95,10 +89,6 @@ def predict_to_file(images, run_dir, checkpoint, model, top_k, out_path: Path, f
             for result in prediction.write_rows(chain(failures, prediction.stream(files, predictor, batch_size, k)), out, fmt, k):
                 counts["failed" if isinstance(result, prediction.Failure) else "predicted"] += 1
                 progress.advance(task)
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail(f"interrupted; {out_path} holds the rows of the first {sum(counts.values())} images", code=130)
     failed = f", {counts['failed']} could not be read (the error column says why)" if counts["failed"] else ""
     err_console.print(f"{counts['predicted']} images predicted{failed}: {out_path}", highlight=False, soft_wrap=True)
 

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowerft.cli import app
 from flowerft.cli.common import (
     check_run_exists,
     console,
@@ -16,18 +15,18 @@ from flowerft.cli.common import (
     fail,
     import_tensorflow_quietly,
     native_stderr_silenced,
+    one_line_errors,
 )
-from flowerft.errors import EvaluationFailed, FlowerftError
+from flowerft.errors import EvaluationFailed
 
 
-@app.command()
 def report(
     run_dir: Annotated[Optional[str], typer.Option(help="Run to report on (default: the one runs/latest names).")] = None,
     open_page: Annotated[bool, typer.Option("--open", help="Open the page in the default browser, when there is one.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Folder for report.html, curves.png and any evaluation it runs (default: the run dir).")] = None,
 ) -> None:
     """Write report.html into the run dir: the run, its training curves, the test evaluation and its worst mistakes."""
-    try:
+    with one_line_errors():  # Ctrl-C leaves nothing half-written: every file is renamed into place
         check_run_exists(run_dir)
         import_tensorflow_quietly()  # evaluating first, when needed, loads the model
         from flowerft.reporting import report as reporting
@@ -35,15 +34,12 @@ def report(
         def notify(message: str) -> None:
             console.print(message, highlight=False, soft_wrap=True)
 
-        with native_stderr_silenced():
-            page = reporting.run(run_dir, notify=notify, output=output)
-    except EvaluationFailed as e:
-        console.print(f"Written: {e.page}", highlight=False, soft_wrap=True)
-        fail(str(e))
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:  # nothing half-written: every file is renamed into place
-        fail("interrupted", code=130)
+        try:
+            with native_stderr_silenced():
+                page = reporting.run(run_dir, notify=notify, output=output)
+        except EvaluationFailed as e:  # the page is written, without its evaluation
+            console.print(f"Written: {e.page}", highlight=False, soft_wrap=True)
+            fail(str(e))
     console.print(f"Written: {page}", highlight=False, soft_wrap=True)
     from flowerft.training import tracking
 

@@ -10,13 +10,10 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from flowerft.cli import app
-from flowerft.cli.common import console, default, fail, pct
+from flowerft.cli.common import console, default, one_line_errors, pct
 from flowerft.config import DEFAULTS
-from flowerft.errors import FlowerftError
 
 
-@app.command()
 def runs(
     runs_root: Annotated[str, typer.Option(help="Folder holding the runs" + default("runs_root"), show_default=False)] = DEFAULTS["runs_root"],
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as a JSON list on stdout and nothing else.")] = False,
@@ -24,10 +21,8 @@ def runs(
     """List the runs: status, backbone, epochs, best validation and test accuracy, wall time."""
     from flowerft.runs import listing as run_list
 
-    try:
+    with one_line_errors():
         rows = run_list.list_runs(runs_root)
-    except FlowerftError as e:
-        fail(str(e))
     if as_json:
         print(run_list.to_json(rows))
     elif not rows:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Annotated, Optional
 
 import typer
 
-from flowerft.cli import app
-from flowerft.cli.common import console, fail, import_tensorflow_quietly, native_stderr_silenced
+from flowerft.cli.common import console, fail, import_tensorflow_quietly, native_stderr_silenced, one_line_errors
 from flowerft.config import SERVE_HOST, SERVE_MAX_IMAGES, SERVE_MAX_MB, SERVE_MODEL_NAME, SERVE_PORT
-from flowerft.errors import FlowerftError
 
 
-@app.command()
 def serve(
     run_dir: Annotated[Optional[str], typer.Option(help="Run whose model to serve (default: the one runs/latest names).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="best or final (default: best).")] = None,
@@ -31,7 +29,8 @@ def serve(
         fail("--max-mb must be above 0, --max-images 1 or more and --port from 0 to 65535")
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S", level=logging.INFO)
     logging.getLogger("flowerft.serving.serve").setLevel(logging.INFO)
-    try:
+    # Ctrl-C is how a server stops: uvicorn has answered the requests in flight and closed the socket.
+    with one_line_errors(), contextlib.suppress(KeyboardInterrupt):
         import_tensorflow_quietly()
         from flowerft.serving import serve as serving
         from flowerft.serving.predict import load_predictor
@@ -46,8 +45,4 @@ def serve(
                           highlight=False, soft_wrap=True)
 
         serving.run(predictor, host, port, model_name, int(max_mb * 2**20), max_images, source, on_ready=ready)
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:  # uvicorn has answered the requests in flight and closed the socket
-        pass
     console.print("Stopped.")

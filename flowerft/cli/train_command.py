@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowerft.cli import app
 from flowerft.cli.common import (
     console,
     default,
@@ -16,14 +15,15 @@ from flowerft.cli.common import (
     import_tensorflow_quietly,
     native_stderr_silenced,
     num,
+    one_line_errors,
     pct,
     report_and_exit_now,
 )
-from flowerft.config import PRECISIONS, RECIPES, given_values, resolve
+from flowerft.config import PRECISIONS, RECIPES, to_dict
+from flowerft.config_files import given_values, resolve
 from flowerft.errors import FlowerftError, Interrupted, WorkerLost
 
 
-@app.command()
 def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides, or the name of an example (`flowerft configs` lists them).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Image folder: one subfolder per class, or train/ val/ test/ folders of class folders (default: TFDS tf_flowers).")] = None,
@@ -56,9 +56,9 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
     finetune_blocks: Annotated[Optional[int], typer.Option(help="Fine-tune only the base's last N blocks; with augmentation off the frozen part runs once and fine-tuning trains on its cached activations (0: the whole base)" + default("finetune_blocks"))] = None,
     finetune_from: Annotated[Optional[str], typer.Option(help="Fine-tune the base from this layer up (a layer name of the base; instead of --finetune-blocks)" + default("finetune_from"))] = None,
-    precision: Annotated[Optional[str], typer.Option(help=f"{', '.join(PRECISIONS)}: bfloat16/float16 are mixed (weights and output float32); auto picks float16 on tensor-core GPUs, bfloat16 on CPUs with native support, else float32" + default("precision"))] = None,
+    precision: Annotated[Optional[str], typer.Option(help=f"{', '.join(PRECISIONS)}: 16-bit ones keep weights and output float32; mixed: float16 on GPUs, else bfloat16; auto: float16 on tensor-core GPUs, bfloat16 on CPUs with native support, else float32" + default("precision"))] = None,
     micro_batch: Annotated[Optional[int], typer.Option(help="Fine-tune each batch this many images at a time, accumulating gradients: the same updates in less memory (must divide --batch-size)" + default("micro_batch"))] = None,
-    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", show_default=False, help="Mixed precision: float16 on GPUs, bfloat16 elsewhere; output stays float32 (with --precision float32 or auto).")] = False,
+    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", show_default=False, help="The older spelling of --precision mixed (when --precision names no type).")] = False,
     jit_compile: Annotated[bool, typer.Option("--jit-compile", show_default=False, help="XLA-compile the training step (GPUs).")] = False,
     distribute: Annotated[Optional[str], typer.Option(
         help="tf.distribute strategy: auto (every GPU when there are several), none, mirrored, multiworker "
@@ -66,6 +66,7 @@ def train(
     track: Annotated[Optional[str], typer.Option(help="Also log the run to an experiment tracker: mlflow (pip install 'flowerft[mlflow]'; the store is MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db) or none" + default("track"))] = None,
     resume: Annotated[bool, typer.Option("--resume", show_default=False, help="Continue the run in --run-dir (default: runs/latest) from its last finished epoch; start it if nothing is saved yet; a finished run is left as it is (exit 0). Safe to re-issue after any crash or preemption.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", show_default=False, help="Replace the run already in --run-dir (it says what it removed).")] = False,
+    show_config: Annotated[bool, typer.Option("--show-config", show_default=False, help="Print the config as YAML (defaults < --recipe < --config < flags) and exit.")] = False,
 ) -> None:
     """Train a new head on a frozen ImageNet base, then fine-tune the whole network."""
     options = dict(
@@ -80,38 +81,40 @@ def train(
         mixed_precision=mixed_precision or None, jit_compile=jit_compile or None, distribute=distribute,
         track=track,
     )
-    try:
+    with one_line_errors():  # Ctrl-C before training started: nothing to save
         if resume and overwrite:  # one would silently lose: checked before anything is read
             raise FlowerftError("--resume continues the run in --run-dir and --overwrite replaces it; give one of them")
         given = given_values(config_file, **options)  # the YAML file is read once
         config = resolve(given)
+        if show_config:
+            import yaml  # here: `flowerft --help` must stay instant
+
+            print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")  # as a run's config.yaml spells it
+            return
         import_tensorflow_quietly()
         from flowerft.cli.progress_display import training_display
         from flowerft.training import session as training
 
-        # libjpeg writes "Improper call to JPEG library" to stderr itself while the data scan
-        # reads broken files (each is reported in our own line): it would glue onto the live display.
-        with training_display(console) as display, native_stderr_silenced():
-            result = training.run(
-                config,
-                callbacks=display.callbacks,
-                notify=display.notify,
-                resume=resume,
-                overwrite=overwrite,
-                # A resumed run keeps its own options; those given now must agree with them.
-                given=given if resume else None,
-            )
-    except Interrupted as e:
-        fail(str(e), code=130)
-    except WorkerLost as e:
-        # TensorFlow's collective runtime has lost its peer: its thread pools then fail at interpreter
-        # shutdown (an OSError traceback from multiprocessing's Pool.__del__ after our one line), so
-        # leave without running them; everything the run needs was saved at its last epoch.
-        report_and_exit_now(str(e))
-    except FlowerftError as e:
-        fail(str(e))
-    except KeyboardInterrupt:  # before training started: nothing to save
-        fail("interrupted", code=130)
+        try:
+            # libjpeg writes "Improper call to JPEG library" to stderr itself while the data scan
+            # reads broken files (each is reported in our own line): it would glue onto the live display.
+            with training_display(console) as display, native_stderr_silenced():
+                result = training.run(
+                    config,
+                    callbacks=display.callbacks,
+                    notify=display.notify,
+                    resume=resume,
+                    overwrite=overwrite,
+                    # A resumed run keeps its own options; those given now must agree with them.
+                    given=given if resume else None,
+                )
+        except Interrupted as e:
+            fail(str(e), code=130)
+        except WorkerLost as e:
+            # TensorFlow's collective runtime has lost its peer: its thread pools then fail at interpreter
+            # shutdown (an OSError traceback from multiprocessing's Pool.__del__ after our one line), so
+            # leave without running them; everything the run needs was saved at its last epoch.
+            report_and_exit_now(str(e))
     console.print(phase_table(result.metrics))
     for warning in result.metrics["warnings"]:
         console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)

@@ -33,7 +33,6 @@ from flowerft import machine, precision
 from flowerft.config import (
     LATENCY_IMAGES,
     MAX_FLOAT_DISAGREEMENT,
-    REPRESENTATIVE_IMAGES,
     Config,
     chosen_formats,
 )
@@ -60,6 +59,8 @@ FILES = {"savedmodel": "savedmodel", "tflite": "model.tflite", "tflite-fp16": "m
 FLOAT_ROWS = ("savedmodel", "savedmodel-bytes", "tflite", "tflite-fp16", "onnx")
 # The first calls of a model trace, allocate and warm caches: not what a served model costs.
 WARMUP_CALLS = 3
+# int8 calibration: a few hundred training images pin each activation's range; more only cost time.
+REPRESENTATIVE_IMAGES = 300
 
 
 @dataclass

@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from flowerft.config import SERVE_MAX_BATCH, SERVE_MAX_PIXELS, SERVE_TOP_K
+from flowerft.config import SERVE_MAX_PIXELS, SERVE_TOP_K
 from flowerft.data import image_io
 from flowerft.errors import DataError, FlowerftError
 from flowerft.serving import tf_serving
@@ -43,6 +43,9 @@ from flowerft.serving.predictors import BYTES_SIGNATURE, Predictor
 from flowerft.serving.tf_serving import RequestError
 
 log = logging.getLogger("flowerft.serving.serve")
+# Requests waiting while the model is busy are run together, up to this many images in one call:
+# batches amortise the per-call cost, and no request waits for others when the model is idle.
+SERVE_MAX_BATCH = 32
 
 
 class Batcher:

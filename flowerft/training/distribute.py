@@ -32,6 +32,11 @@ import tensorflow as tf
 from flowerft.config import Config
 from flowerft.errors import ConfigError, FlowerftError, first_line
 
+# The Keras releases the two multi-worker workarounds below were tested with (the loopback tests
+# in tests/test_distribute.py): they reach into Keras's private trainer and build code, which any
+# release may change. pyproject.toml pins the same range; this catches an environment that has another.
+TESTED_KERAS = ">=3.15,<3.16"
+
 # Errors a collective op raises when another worker died or cannot be reached.
 LOST_WORKER_ERRORS = (
     tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
@@ -88,6 +93,17 @@ def make_strategy(mode: str) -> tf.distribute.Strategy:
     raise ConfigError(f"distribute: unknown mode {mode!r}")
 
 
+def check_keras_version() -> None:
+    """Fail in one line, before a Keras internal is patched, when this Keras is not one they were tested with."""
+    import keras
+    from packaging.specifiers import SpecifierSet
+
+    if keras.__version__ not in SpecifierSet(TESTED_KERAS):
+        raise FlowerftError(f"--distribute multiworker works around Keras bugs in its internals, tested with "
+                            f"keras{TESTED_KERAS} only, and this is Keras {keras.__version__}: pip install "
+                            f"'keras{TESTED_KERAS}', or use --distribute mirrored or none")
+
+
 def _average_scalars_across_workers() -> None:
     """Let Keras 3's train and test steps reduce their logs across workers.
 
@@ -96,6 +112,7 @@ def _average_scalars_across_workers() -> None:
     0 dimensions", keras-team/keras #20585, open in 2026). Scalars are averaged over replicas
     instead (axis=None); everything else is left to Keras.
     """
+    check_keras_version()
     from keras.src.backend.tensorflow import trainer
 
     original = trainer.reduce_per_replica
@@ -161,6 +178,7 @@ def keras_fit(model, dataset: tf.data.Dataset):
     if not is_multi_worker(strategy):
         yield
         return
+    check_keras_version()
     x_spec, y_spec = dataset.element_spec
     sample = tuple(tf.zeros([1, *spec.shape[1:]], spec.dtype) for spec in (x_spec, y_spec))
     with strategy.scope():

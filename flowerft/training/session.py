@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from flowerft import machine, precision
 from flowerft.backbones.registry import is_own
-from flowerft.config import DEFAULTS, Config, absolute_paths, make_config, to_dict
+from flowerft.config import DEFAULTS, Config, to_dict
+from flowerft.config_files import absolute_paths, make_config
 from flowerft.data import pipelines, sources, splitting
 from flowerft.errors import ConfigError, FlowerftError, Interrupted, WorkerLost, first_line
 from flowerft.model import batchnorm_learns, build_model, compile_for_phase, freeze_base

@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-from flowerft.config import Config, make_config
+from flowerft.config import Config
+from flowerft.config_files import make_config
 from flowerft.errors import FlowerftError, first_line
 from flowerft.runs import layout, lock
 

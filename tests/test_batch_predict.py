@@ -9,6 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flowerft.cli import app
+from flowerft.data import image_inputs
 from flowerft.serving import predict
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ def folder(tmp_path):
 
 
 def expected_rows(trained_run, folder):
-    files, _ = predict.expand_inputs([folder])
+    files, _ = image_inputs.expand_inputs([folder])
     good, failures = predict.run([folder], run_dir=trained_run, k=2)
     return [str(f) for f in files], {p.path: p.top_k for p in good}, {f.path: f.message for f in failures}
 
@@ -82,7 +83,7 @@ def test_results_stream_out_a_batch_at_a_time(trained_run, folder):
             calls.append(len(images))
             return predictor(images)
 
-    files, _ = predict.expand_inputs([folder])
+    files, _ = image_inputs.expand_inputs([folder])
     results = predict.stream(files * 10, Counting(), 4, 3)
     first = next(results)
     assert first.path == str(files[0]) and calls == [4]  # the first rows come before the rest is predicted

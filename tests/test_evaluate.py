@@ -21,7 +21,7 @@ def test_report_on_a_known_confusion_matrix():
         [0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1],
         [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4],
     ], dtype="float32")
-    r = evaluate.report(probabilities, labels, ["a", "b", "c"])
+    r = evaluate.scores(probabilities, labels, ["a", "b", "c"])
     assert r["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert r["examples"] == 6
     assert r["accuracy"] == pytest.approx(4 / 6)
@@ -36,7 +36,7 @@ def test_report_on_a_known_confusion_matrix():
 
 
 def test_top2_catches_a_miss():
-    r = evaluate.report(np.array([[0.1, 0.2, 0.7]], "float32"), np.array([0]), ["a", "b", "c"])
+    r = evaluate.scores(np.array([[0.1, 0.2, 0.7]], "float32"), np.array([0]), ["a", "b", "c"])
     assert r["top2_accuracy"] == 0.0 and r["accuracy"] == 0.0
 
 

@@ -21,10 +21,11 @@ from conftest import make_image_folder, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
+from flowerft import ranking
 from flowerft.cli import app
 from flowerft.data import image_io, pipelines, sources
 from flowerft.runs import loader
-from flowerft.serving import export, predict
+from flowerft.serving import export, export_checks, predict
 
 runner = CliRunner()
 SIZE = 32
@@ -194,7 +195,7 @@ def test_predict_with_an_exported_model_gives_the_runs_answers(exported, referen
     run, files = exported[0], reference.files
     # predict.run with the run gives exactly the .keras model's probabilities (tests/test_predict.py)
     names = ["daisy", "dandelion", "roses"]
-    expected = [predict.Prediction(f, predict.top_k(row, names, 3)) for f, row in zip(files, reference.expected)]
+    expected = [predict.Prediction(f, ranking.top_k(row, names, 3)) for f, row in zip(files, reference.expected)]
     got, failures = predict.run(files, k=3, model_path=run / "export" / model)
     assert not failures and [p.path for p in got] == files
     for e, g in zip(expected, got):
@@ -218,12 +219,12 @@ def test_a_float_format_that_disagrees_is_an_error_after_the_table(exported, mon
     run, _ = exported
     report = json.loads((run / "export" / "export.json").read_text())
     report["formats"][4].update(agreement=0.99, disagreeing_images=2)
-    problem = export.float_problem(report["formats"], 200, run / "export")
+    problem = export_checks.float_problem(report["formats"], 200, run / "export")
     assert problem.startswith("tflite-fp16 disagrees with the .keras model on 2 of 200 test images (1.0%")
     report["formats"][4].update(agreement=0.995, disagreeing_images=1)
-    assert export.float_problem(report["formats"], 200, run / "export") is None  # 0.5% is allowed
+    assert export_checks.float_problem(report["formats"], 200, run / "export") is None  # 0.5% is allowed
     report["formats"][5].update(agreement=0.5)  # int8 may disagree: it shows its accuracy change instead
-    assert export.float_problem(report["formats"], 200, run / "export") is None
+    assert export_checks.float_problem(report["formats"], 200, run / "export") is None
 
     monkeypatch.setattr(export, "run", lambda *a, **k: export.Export(report, run / "export", [], "the problem"))
     result = runner.invoke(app, ["export", "--run-dir", str(run)])

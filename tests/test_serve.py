@@ -17,6 +17,7 @@ import requests
 from PIL import Image
 from server_process import ServerProcess
 
+from flowerft import ranking
 from flowerft.data import image_io
 from flowerft.serving import predict, serve
 
@@ -120,7 +121,7 @@ def test_multipart_predict_gives_each_uploads_top_k(server, images, expected):
     got = response.json()["predictions"]
     assert [p["filename"] for p in got] == [f.name for f in images.values()]
     for p, f in zip(got, images.values()):
-        want = predict.top_k(probabilities[f], predictor.class_names, 2)
+        want = ranking.top_k(probabilities[f], predictor.class_names, 2)
         assert [t["label"] for t in p["top_k"]] == [t["label"] for t in want]
         np.testing.assert_allclose([t["probability"] for t in p["top_k"]], [t["probability"] for t in want], atol=1e-5)
 

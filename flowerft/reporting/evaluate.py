@@ -40,7 +40,7 @@ def predict_split(
     return probabilities, labels, splits.class_names
 
 
-def report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+def scores(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Loss, accuracy, top-2 accuracy, per-class precision/recall/F1 and the confusion matrix."""
     n = len(class_names)
     loss = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
@@ -122,7 +122,7 @@ def run(
         "run_dir": str(path),
         "checkpoint": str(model_path.relative_to(path)),
         "split": split,
-        **report(probabilities, labels, class_names),
+        **scores(probabilities, labels, class_names),
     }
     folder = Path(output) if output is not None else path
     files = [folder / name for name in output_names(split, checkpoint)]

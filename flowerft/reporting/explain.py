@@ -15,10 +15,11 @@ import numpy as np
 
 from flowerft.config import DEFAULTS
 from flowerft.data import image_io
+from flowerft.data.image_inputs import Failure, expand_inputs
 from flowerft.errors import DataError, FlowerftError
+from flowerft.ranking import top_k
 from flowerft.reporting import figures, gradcam
 from flowerft.runs import layout, loader
-from flowerft.serving.predict import Failure, expand_inputs, top_k
 
 TOP_K = 3
 OVERLAY_ALPHA = 0.45  # enough heat to read, enough photo to see what it covers
@@ -53,7 +54,7 @@ def load(run_dir: str | Path | None, model_path: str | Path | None):
         run = layout.find_run(run_dir)
         loader.run_config(run)  # says so when the folder is not a run
         model = loader.load_model(loader.checkpoint_path(run, "best"))
-        names = layout.read_json(run / layout.CLASS_NAMES)
+        names = loader.class_names(run)
     height, width = model.input_shape[1:3]
     if height != width:
         raise FlowerftError(f"model {model.name} takes {height} x {width} images; explain needs a square input")

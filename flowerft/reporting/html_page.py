@@ -10,12 +10,10 @@ import time
 from functools import partial
 from html import escape
 from string import Template
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
+from flowerft.reporting.page_data import Example, Page
 from flowerft.runs import source_record
-
-if TYPE_CHECKING:
-    from flowerft.reporting.report import Example, Page
 
 PAGE = Template("""<!DOCTYPE html>
 <html lang="en">

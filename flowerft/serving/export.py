@@ -10,8 +10,8 @@
     <output>/README.md            the model card
 
 <output> is <run_dir>/export unless given. Every artifact is then run on the run's own test split
-by its runtime's own loader (flowerft/serving/predictors.py) and compared with the `.keras` checkpoint it
-came from: a float format that answers differently is an export bug, not a rounding matter.
+by its runtime's own loader and compared with the `.keras` checkpoint it came from
+(flowerft/serving/export_checks.py): a float format that answers differently is an export bug.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from flowerft import machine, precision
 from flowerft.config import (
-    LATENCY_IMAGES,
     MAX_FLOAT_DISAGREEMENT,
     Config,
     chosen_formats,
@@ -40,7 +38,7 @@ from flowerft.data import image_io, pipelines, sources, splitting
 from flowerft.errors import FlowerftError, first_line
 from flowerft.model import all_layers, build_model
 from flowerft.runs import layout, loader, source_record
-from flowerft.serving import model_card
+from flowerft.serving import export_checks, model_card
 from flowerft.serving.predictors import (
     BYTES_INPUT,
     BYTES_SIGNATURE,
@@ -48,17 +46,11 @@ from flowerft.serving.predictors import (
     IMAGES_SIGNATURE,
     LABELS_FILE,
     ONNX_CLASS_NAMES,
-    ONNXPredictor,
-    SavedModelPredictor,
-    TFLitePredictor,
+    KerasPredictor,
 )
 
 FILES = {"savedmodel": "savedmodel", "tflite": "model.tflite", "tflite-fp16": "model_fp16.tflite",
          "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
-# The rows that must give the .keras model's answers; int8 shows what quantization costs instead.
-FLOAT_ROWS = ("savedmodel", "savedmodel-bytes", "tflite", "tflite-fp16", "onnx")
-# The first calls of a model trace, allocate and warm caches: not what a served model costs.
-WARMUP_CALLS = 3
 # int8 calibration: a few hundred training images pin each activation's range; more only cost time.
 REPRESENTATIVE_IMAGES = 300
 
@@ -200,71 +192,6 @@ def onnx_bytes(model: keras.Model, class_names: list[str], image_size: int) -> b
     return proto.SerializeToString()
 
 
-# --------------------------------------------------------------------------- verifying them
-
-
-def test_split(splits: splitting.Splits, config: Config, split: str = "test") -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-    """The test split as training's pipeline gives it (uint8 images, labels), and each image encoded:
-    its file's bytes (image folders) or a lossless PNG of it (TFDS), for serving_bytes."""
-    images, labels = [], []
-    for x, y in pipelines.pipeline(splits, split, config):
-        images.append(x.numpy().astype(np.uint8))  # the pipeline's float32 holds whole uint8 values
-        labels.append(y.numpy())
-    if splits.element == "path":
-        encoded = [Path(p).read_bytes() for p, _ in splits.files[split]]
-    elif splits.element == "encoded":  # a Hugging Face row's image bytes
-        encoded = [contents.numpy() for contents, _ in splits.get(split)]
-    else:
-        encoded = [tf.io.encode_png(image).numpy() for image, _ in splits.get(split)]
-    return np.concatenate(images), np.concatenate(labels), encoded
-
-
-def batch_one_latency_ms(predict: Callable, items) -> float:
-    """Mean wall time of one image alone, over the first LATENCY_IMAGES items, after warm-up."""
-    sample = items[:LATENCY_IMAGES]
-    for i in range(min(WARMUP_CALLS, len(sample))):
-        predict(sample[i : i + 1])
-    times = []
-    for i in range(len(sample)):
-        start = time.perf_counter()
-        predict(sample[i : i + 1])
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.mean(times))
-
-
-def measure(fmt: str, path: Path, predict: Callable, items, labels: np.ndarray, batch_size: int,
-            reference: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
-    """One row of the table, and the format's top-1 answers."""
-    probabilities = np.concatenate([predict(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
-    predicted = probabilities.argmax(axis=1)
-    agreeing = predicted == (predicted if reference is None else reference)
-    row = {
-        "format": fmt,
-        "path": str(path),
-        "size_bytes": size_of(path),
-        "accuracy": float(np.mean(predicted == labels)),
-        "agreement": float(np.mean(agreeing)),
-        "disagreeing_images": int((~agreeing).sum()),
-        "latency_ms": batch_one_latency_ms(predict, items),
-    }
-    return row, predicted
-
-
-def size_of(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
-def float_problem(rows: list[dict[str, Any]], n: int, folder: Path) -> str | None:
-    for row in rows:
-        if row["format"] in FLOAT_ROWS and row["disagreeing_images"] > MAX_FLOAT_DISAGREEMENT * n:
-            return (f"{row['format']} disagrees with the .keras model on {row['disagreeing_images']} of {n} test images "
-                    f"({row['disagreeing_images'] / n:.1%}; a float format may differ on {MAX_FLOAT_DISAGREEMENT:.1%} at most): "
-                    f"do not ship it; the table is in {folder / 'export.json'}")
-    return None
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -323,31 +250,10 @@ def run(
                 layout.write_atomic(folder / FILES[f], convert_tflite(Path(tmp), f, representative))
                 written.append(folder / FILES[f])
 
-    images, labels, encoded = test_split(splits, config, held_out)
-    batch = config.batch_size
-    keras_row, reference = measure("keras", keras_path, lambda x: model.predict_on_batch(x.astype(np.float32)),
-                                   images, labels, batch, None)
-    rows = [keras_row]
-    for f in formats:
-        if f == "savedmodel":
-            served = SavedModelPredictor(folder / FILES[f])
-            rows.append(measure(f, folder / FILES[f], served, images, labels, batch, reference)[0])
-            rows.append(measure("savedmodel-bytes", folder / FILES[f],
-                                lambda items: served.from_bytes(list(items))["probabilities"],
-                                encoded, labels, batch, reference)[0])
-        elif f == "onnx":
-            rows.append(measure(f, folder / FILES[f], ONNXPredictor(folder / FILES[f]), images, labels, batch, reference)[0])
-        else:
-            lite = TFLitePredictor(folder / FILES[f], splits.class_names)
-            rows.append(measure(f, folder / FILES[f], lite, images, labels, batch, reference)[0])
-            # int8: (1.0, 0) when the calibration images span 0-255 (photos do): pixels go in as they are.
-            rows[-1]["input"] = {"dtype": np.dtype(lite.input["dtype"]).name,
-                                 "scale": float(lite.input["quantization"][0]),
-                                 "zero_point": int(lite.input["quantization"][1])}
-    for row in rows:
-        row["accuracy_change"] = row["accuracy"] - keras_row["accuracy"]
-
-    problem = float_problem(rows, len(labels), folder)
+    artifacts = {f: folder / FILES[f] for f in formats}
+    checked = export_checks.read_held_out(splits, held_out, size)
+    rows = export_checks.table(KerasPredictor(model, splits.class_names), keras_path, artifacts, checked, config.batch_size)
+    problem = export_checks.float_problem(rows, len(checked.labels), folder)
     report = {
         "run_dir": str(path),
         "checkpoint": str(keras_path.relative_to(path)),
@@ -355,7 +261,7 @@ def run(
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "class_names": splits.class_names,
         "image_size": size,
-        "test_images": int(len(labels)),
+        "test_images": int(len(checked.labels)),
         "representative_images": min(representative_images, splits.sizes.get("train", 0)) if "tflite-int8" in formats else None,
         "machine": machine.describe("ai-edge-litert", "onnxruntime"),
         "max_float_disagreement": MAX_FLOAT_DISAGREEMENT,
@@ -364,10 +270,7 @@ def run(
         "problem": problem,
     }
     layout.write_json(folder / "export.json", report)
-    layout.write_atomic(folder / "README.md", model_card.render(report, config, read_metrics(path)))
+    layout.write_atomic(folder / "README.md", model_card.render(report, config, loader.finished_metrics(path)))
     written += [folder / "export.json", folder / "README.md"]
     return Export(report, folder, written, problem)
 
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return layout.read_json(run_dir / layout.METRICS)

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
-import numpy as np
 import tensorflow as tf
 
+from flowerft import inference
 from flowerft.config import DEFAULTS
 from flowerft.data import image_io
+from flowerft.data.image_inputs import Failure, expand_inputs
 from flowerft.errors import DataError, FlowerftError
+from flowerft.ranking import top_k
 from flowerft.runs import layout, loader
 from flowerft.serving import predictors
 
@@ -33,34 +35,6 @@ class Prediction:
     top_k: list[dict[str, Any]]  # [{"label": ..., "probability": ...}], most likely first
 
 
-@dataclass
-class Failure:
-    path: str
-    message: str
-
-
-def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[Failure]]:
-    """Files stay as given; a folder becomes the images in it (and its subfolders), sorted."""
-    files, failures = [], []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            images = sorted(p for p in item.rglob("*") if image_io.is_image_file(p))
-            if images:
-                files += images
-            else:
-                failures.append(Failure(str(item), f"{item}: folder has no images ({', '.join(image_io.IMAGE_EXTENSIONS)})"))
-        elif item.exists():
-            files.append(item)
-        else:
-            failures.append(Failure(str(item), f"{item}: no such file or folder"))
-    return files, failures
-
-
-def top_k(probabilities: np.ndarray, class_names: list[str], k: int) -> list[dict[str, Any]]:
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [{"label": class_names[i], "probability": float(probabilities[i])} for i in order]
-
-
 def load_predictor(run_dir: str | Path | None = None, checkpoint: str = "best",
                    model_path: str | Path | None = None) -> tuple[predictors.Predictor, int]:
     """The run's checkpoint, or the model at `model_path`, as a predictor; and the batch size to feed it.
@@ -72,8 +46,7 @@ def load_predictor(run_dir: str | Path | None = None, checkpoint: str = "best",
     path = layout.find_run(run_dir)
     config = loader.run_config(path)
     checkpoint_file = loader.checkpoint_path(path, checkpoint)  # first: it says why a run has no model yet
-    class_names = layout.read_json(path / layout.CLASS_NAMES)
-    return predictors.KerasPredictor(loader.load_model(checkpoint_file), class_names), config.batch_size
+    return predictors.KerasPredictor(loader.load_model(checkpoint_file), loader.class_names(path)), config.batch_size
 
 
 def stream(files: list[Path], predictor: predictors.Predictor, batch_size: int, k: int) -> Iterator[Prediction | Failure]:
@@ -86,8 +59,9 @@ def stream(files: list[Path], predictor: predictors.Predictor, batch_size: int, 
     size, names = predictor.image_size, predictor.class_names
     if not files:
         return
-    ds = (tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), [str(f) for f in files]))
-          .map(lambda i, path: (i, image_io.load_image_file(path, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Each image's index rides where a label would: it tells which files the pipeline dropped.
+    ds = (tf.data.Dataset.from_tensor_slices(([str(f) for f in files], tf.range(len(files), dtype=tf.int64)))
+          .map(lambda path, i: (image_io.load_image_file(path, size), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .ignore_errors()
           .batch(batch_size)
           .prefetch(PREFETCH_BATCHES))
@@ -101,9 +75,8 @@ def stream(files: list[Path], predictor: predictors.Predictor, batch_size: int, 
         return Failure(str(files[i]), message)
 
     expected = 0
-    for indices, images in ds:
-        probabilities = predictor(images.numpy())
-        for i, row in zip(indices.numpy().tolist(), probabilities):
+    for probabilities, indices in inference.batches(lambda images: predictor(images.numpy()), ds):
+        for i, row in zip(indices.tolist(), probabilities):
             yield from (failed(j) for j in range(expected, i))
             yield Prediction(str(files[i]), top_k(row, names, k))
             expected = i + 1

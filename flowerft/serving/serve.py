@@ -37,8 +37,8 @@ from starlette.routing import Route
 from flowerft.config import SERVE_MAX_PIXELS, SERVE_TOP_K
 from flowerft.data import image_io
 from flowerft.errors import DataError, FlowerftError
+from flowerft.ranking import top_k
 from flowerft.serving import tf_serving
-from flowerft.serving.predict import top_k
 from flowerft.serving.predictors import BYTES_SIGNATURE, Predictor
 from flowerft.serving.tf_serving import RequestError
 

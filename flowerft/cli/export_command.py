@@ -11,7 +11,7 @@ from rich.table import Table
 from flowerft.config import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, chosen_formats
 from flowerft.errors import FlowerftError
 from flowerft.cli import app
-from flowerft.cli.common import check_run_exists, console, fail, import_tensorflow_quietly, native_stderr_silenced, pct
+from flowerft.cli.common import console, fail, import_tensorflow_quietly, native_stderr_silenced, pct
 
 
 @app.command()
@@ -21,13 +21,15 @@ def export(
     fmt: Annotated[str, typer.Option("--format", show_default=False, help=f"{', '.join(EXPORT_FORMATS)} or all (default: all).")] = "all",
     output: Annotated[Optional[Path], typer.Option(help="Folder for the exported files (default: RUN_DIR/export).")] = None,
 ) -> None:
-    """Export a run's model for serving (SavedModel, ONNX) and devices (TFLite), verified on its test split."""
+    """Export a run's model for serving (SavedModel, ONNX) and devices (TFLite), verified on its test split (valid if it has none)."""
     try:
         formats = chosen_formats(fmt)  # what can be checked before TensorFlow's import (seconds)
-        check_run_exists(run_dir)
+        from flowerft import rundir, source_record  # plain files: no TensorFlow yet
+
+        split = source_record.held_out_split(rundir.find_run(run_dir))  # and a missing run said at once
         # A minute or more of converting and checking: a terminal sees what is going on (and keeps
         # nothing of it afterwards; a log gets the table only).
-        with console.status(f"exporting {', '.join(formats)}: each is converted, then checked on the test split"):
+        with console.status(f"exporting {', '.join(formats)}: each is converted, then checked on the {split} split"):
             import_tensorflow_quietly()
             from flowerft import export as exporting
 

@@ -11,7 +11,7 @@
     <run_dir>/evaluation.json      `evaluate`: the test report, with confusion_matrix.png and
                                    predictions.json (each test image's probabilities)
     <run_dir>/report.html          `report`: one page on the run (flowerft/report.py)
-    <run_dir>/skipped_files.json   (image folders) files that did not decode and were left out
+    <run_dir>/skipped_files.json   (folders, labels CSV, Hugging Face) images that did not decode, left out
     <run_dir>/state/               while training: what `--resume` needs (see flowerft/state.py)
     <run_dir>/tensorboard/         event files
     <run_dir>/train.lock           locked by the process that trains the run (flowerft/runlock.py)

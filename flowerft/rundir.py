@@ -167,10 +167,11 @@ def check_new(path: Path, overwrite: bool) -> None:
 
 
 def check_latest(runs_root: str | Path) -> None:
-    """Fail before a run starts if <runs_root>/latest is not flowerft's own pointer.
+    """Fail before a run starts if <runs_root>/latest cannot be written or is not flowerft's own pointer.
 
     flowerft writes that one file outside a run's folder, and never replaces a file or folder
-    it did not write: its pointer is one line naming a run (or a run since deleted).
+    it did not write: its pointer is two lines, a run (or a run since deleted) then LATEST_MARKER;
+    an older one-line pointer counts only if it names an existing run (_is_pointer).
     """
     pointer = Path(runs_root) / LATEST
     ancestor = pointer.parent

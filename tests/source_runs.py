@@ -3,6 +3,7 @@ working directory, evaluate, report and `runs`, all on what the run dir recorded
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -57,9 +58,14 @@ def train_resume_evaluate_report(tmp_path: Path, monkeypatch, split: str = "test
     page = (run / "report.html").read_text()
     assert "could not evaluate" not in page and "data:image/jpeg;base64" in page  # evaluated, mistakes' images shown
     if export:  # verified on the held-out split the run has
+        from flowerft.cli.common import console
+
+        statuses = []
+        monkeypatch.setattr(console, "status", lambda text, **kw: statuses.append(text) or contextlib.nullcontext())
         result = runner.invoke(app, ["export", "--run-dir", str(run), "--format", "tflite"])
         assert result.exit_code == 0, result.output
         assert (run / "export" / "model.tflite").is_file()
+        evaluation["export_status"] = statuses
     result = runner.invoke(app, ["runs", "--runs-root", str(tmp_path / "runs"), "--json"])
     evaluation["runs_row"] = json.loads(result.stdout)[0]
     table = runner.invoke(app, ["runs", "--runs-root", str(tmp_path / "runs")], env={"COLUMNS": "120"}).output

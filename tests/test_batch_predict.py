@@ -97,3 +97,17 @@ def test_one_output_format_at_a_time(trained_run, folder, tmp_path):
     assert result.exit_code == 1 and "give one of --csv, --jsonl and --json" in result.output
     result = runner.invoke(app, ["predict", str(folder), "--run-dir", str(trained_run), "--csv", str(tmp_path / "no" / "x.csv")])
     assert result.exit_code == 1 and "cannot write" in result.output and "Traceback" not in result.output
+
+
+def test_rows_come_in_the_order_the_inputs_were_given(trained_run, folder, tmp_path):
+    paths, _, _ = expected_rows(trained_run, folder)
+    single = tmp_path / "single.jpg"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(single)
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "out.csv"
+    result = runner.invoke(app, ["predict", str(folder), str(missing), str(single), "--run-dir", str(trained_run),
+                                 "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == [*paths, str(missing), str(single)]
+    assert "no such file" in rows[len(paths)]["error"] and rows[-1]["error"] == ""

@@ -1,20 +1,25 @@
 """Bring your own backbone: a .keras file (classifier or base) or a KerasHub preset folder trains,
-evaluates, exports and reports like a built-in one; what is not an image model gets one line."""
+evaluates, exports, reports and is explained like a built-in one; what is not an image model gets one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import make_image_folder, one_line_error
+from PIL import Image
 from typer.testing import CliRunner
 
 from flowerft.cli import app
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, OfflineError
 from flowerft.model import all_layers, build_model, unfreeze_base
+from flowerft.reporting import gradcam
 
 SIZE = 32
 
@@ -115,10 +120,56 @@ def train_evaluate_export_report(tmp_path, backbone: str, *extra: str):
     return run
 
 
-def test_a_classifier_file_trains_evaluates_exports_and_reports(tmp_path, classifier_file):
-    run = train_evaluate_export_report(tmp_path, str(classifier_file))
-    card = (run / "export" / "README.md").read_text()
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory, classifier_file):
+    root = tmp_path_factory.mktemp("own_run")
+    with contextlib.chdir(root):  # runs/latest is written under the working directory, not in the checkout
+        return train_evaluate_export_report(root, str(classifier_file))
+
+
+def test_a_classifier_file_trains_evaluates_exports_and_reports(classifier_run):
+    card = (classifier_run / "export" / "README.md").read_text()
     assert "tiny classifier.keras: by the backbone's own layers" in card
+
+
+def test_a_classifier_file_run_is_explained_at_its_base_last_feature_map(classifier_run, tmp_path):
+    """The base is the classifier cut at its pooling (rank 2): the map is inside it, before its avg_pool."""
+    from flowerft.evaluate import checkpoint_path, load_model
+
+    image = json.loads((classifier_run / "splits.json").read_text())["test"][0][0]
+    result = CliRunner().invoke(app, ["explain", image, "--run-dir", str(classifier_run), "--output", str(tmp_path),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(json.loads(result.stdout)[0]["png"]).format == "PNG"
+    html = (classifier_run / "report.html").read_text()
+    assert "without heatmaps" not in html, re.search(r"the mistakes are shown without heatmaps[^<]*", html)[0]
+    assert 'alt="Grad-CAM heatmap for' in html
+
+    model = load_model(checkpoint_path(classifier_run, "best"))
+    explainer = gradcam.GradCam(model)
+    # Inside the base, before its avg_pool: not its input nor its own_rescale, rank 4 too.
+    assert [layer.name for layer in explainer.feature.path] == ["tiny_classifier_base", "block2_relu"]
+    # Grad-CAM of a map that is pooled and fed to one Dense is CAM (Zhou et al. 2016): the map weighted
+    # by the class's column of the Dense kernel. An independent check of the gradients through the base.
+    base = explainer.feature.path[0]
+    images = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    maps, probabilities = explainer(images, [0, 2])
+    feature_map = keras.Model(base.input, base.get_layer("block2_relu").output)(images).numpy()
+    kernel = model.get_layer("predictions").kernel.numpy()
+    cam = np.maximum(np.einsum("nhwk,kn->nhw", feature_map, kernel[:, [0, 2]]), 0)
+    cam = tf.image.resize((cam / cam.max(axis=(1, 2), keepdims=True))[..., None], (SIZE, SIZE))[..., 0]
+    np.testing.assert_allclose(maps, cam, atol=1e-4)
+    np.testing.assert_allclose(probabilities, model(images), atol=1e-5)
+
+
+def test_a_pooled_base_behind_pixel_scaling_is_explained_inside_it_not_at_the_scaling(tmp_path):
+    path = tmp_path / "no scaling.keras"
+    tiny_classifier(scaling=False).save(path)
+    model, _ = build_model(make_config(backbone=str(path), image_size=SIZE, pixel_scaling="tf"), 3)
+    explainer = gradcam.GradCam(model)
+    assert explainer.feature.layer.name == "block2_relu"  # not pixel_scaling, the rank-4 layer at the top level
+    maps, _ = explainer(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)))
+    assert maps.shape == (2, SIZE, SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +203,8 @@ def test_a_preset_scales_pixels_as_its_own_image_converter_does(preset_folder):
 
 
 def test_a_keras_hub_preset_folder_trains_evaluates_exports_and_reports(tmp_path, preset_folder):
-    train_evaluate_export_report(tmp_path, str(preset_folder))
+    run = train_evaluate_export_report(tmp_path, str(preset_folder))
+    assert "without heatmaps" not in (run / "report.html").read_text()  # its base outputs a map Grad-CAM finds
 
 
 def test_a_preset_to_download_fails_at_once_offline(tmp_path, image_folder, monkeypatch):

@@ -92,6 +92,7 @@ def test_a_presplit_folder_without_test_trains_resumes_evaluates_valid_and_refus
     run = tmp_path / "runs" / "run"
     assert "has no test split" in one_line_error(runner.invoke(app, ["evaluate", "--run-dir", str(run)]))
     assert "validation split" in (run / "report.html").read_text()
+    assert evaluation["export_status"] == ["exporting tflite: each is converted, then checked on the valid split"]
 
 
 # --------------------------------------------------------------------------- labels CSV

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from flowerft.cli.common import (
-    check_run_exists,
     console,
     fail,
     import_tensorflow_quietly,
@@ -26,13 +25,15 @@ def export(
     fmt: Annotated[str, typer.Option("--format", show_default=False, help=f"{', '.join(EXPORT_FORMATS)} or all (default: all).")] = "all",
     output: Annotated[Optional[Path], typer.Option(help="Folder for the exported files (default: RUN_DIR/export).")] = None,
 ) -> None:
-    """Export a run's model for serving (SavedModel, ONNX) and devices (TFLite), verified on its test split."""
+    """Export a run's model for serving (SavedModel, ONNX) and devices (TFLite), verified on its test split (valid if it has none)."""
     with one_line_errors():  # Ctrl-C leaves nothing half-written: every file is renamed into place
         formats = chosen_formats(fmt)  # what can be checked before TensorFlow's import (seconds)
-        check_run_exists(run_dir)
+        from flowerft.runs import layout, source_record  # plain files: no TensorFlow yet
+
+        split = source_record.held_out_split(layout.find_run(run_dir))  # and a missing run said at once
         # A minute or more of converting and checking: a terminal sees what is going on (and keeps
         # nothing of it afterwards; a log gets the table only).
-        with console.status(f"exporting {', '.join(formats)}: each is converted, then checked on the test split"):
+        with console.status(f"exporting {', '.join(formats)}: each is converted, then checked on the {split} split"):
             import_tensorflow_quietly()
             from flowerft.serving import export as exporting
 

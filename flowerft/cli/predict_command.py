@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-from itertools import chain
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -77,7 +76,7 @@ def predict_to_file(images, run_dir, checkpoint, model, top_k, out_path: Path, f
         from flowerft.serving import predict as prediction
 
         with native_stderr_silenced():
-            predictor, batch_size, files, failures, k = prediction.prepare(images, run_dir, checkpoint or "best", top_k, model)
+            predictor, batch_size, entries, k = prediction.prepare(images, run_dir, checkpoint or "best", top_k, model)
         try:
             out = open(out_path, "w", newline="", encoding="utf-8")
         except OSError as e:
@@ -85,8 +84,8 @@ def predict_to_file(images, run_dir, checkpoint, model, top_k, out_path: Path, f
         columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with out, bar_console() as bar, Progress(*columns, console=bar, transient=True) as progress, \
                 native_stderr_silenced():
-            task = progress.add_task("predict", total=len(files) + len(failures))
-            for result in prediction.write_rows(chain(failures, prediction.stream(files, predictor, batch_size, k)), out, fmt, k):
+            task = progress.add_task("predict", total=len(entries))
+            for result in prediction.write_rows(prediction.stream_in_order(entries, predictor, batch_size, k), out, fmt, k):
                 counts["failed" if isinstance(result, prediction.Failure) else "predicted"] += 1
                 progress.advance(task)
     failed = f", {counts['failed']} could not be read (the error column says why)" if counts["failed"] else ""

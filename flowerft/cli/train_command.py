@@ -27,7 +27,7 @@ from flowerft.errors import FlowerftError, Interrupted, WorkerLost
 def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML file of config overrides, or the name of an example (`flowerft configs` lists them).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Image folder: one subfolder per class, or train/ val/ test/ folders of class folders (default: TFDS tf_flowers).")] = None,
-    tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) tf_flowers.")] = None,
+    tfds_data_dir: Annotated[Optional[str], typer.Option(help="TFDS data folder that holds (or will hold) the --tfds dataset.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="CSV of path,label[,split] rows (paths relative to it): the images and their classes.")] = None,
     tfds: Annotated[Optional[str], typer.Option(help="TFDS image-classification dataset NAME[:VERSION], e.g. beans" + default("tfds_name"))] = None,
     tfds_splits: Annotated[Optional[str], typer.Option(help="TFDS splits TEST,VALID,TRAIN, e.g. test,validation,train[:50%] (default: the dataset's own, slices of train where it lacks them).")] = None,

@@ -7,9 +7,11 @@ paper: a confident softmax has almost no gradient left.
 
 The feature map is found from the model, not from a list of layer names per backbone: it is
 the output of the last layer whose output still has two spatial axes (rank 4), i.e. what the
-global pooling of the head reduces. In a flowerft model that is the nested base (Xception's
+global pooling reduces. In a flowerft model that is the nested base (Xception's
 block14_sepconv2_act, ResNet50's conv5_block3_out, ...); in a flat Keras classifier it is the
-layer itself.
+layer itself; in a base that pools itself (a classifier of your own cut at its pooled features)
+it is the last such layer inside the base. The input and pixel scaling are rank 4 too, but are
+the image, not features: never the map.
 """
 
 from __future__ import annotations
@@ -20,13 +22,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from flowerft.backbones.own_model import SCALING_LAYERS
 from flowerft.errors import FlowerftError
 
 
 @dataclass
 class FeatureLayer:
-    layer: keras.layers.Layer  # a top-level layer of the model (a nested base, or a plain layer)
-    nested: bool  # a nested model: its output exists only in the outer graph, so layers are run in turn
+    # A top-level layer of the model, then, while that is a nested model that pools its own map,
+    # the layer inside it: the last one outputs the map.
+    path: list[keras.layers.Layer]
+
+    @property
+    def layer(self) -> keras.layers.Layer:
+        return self.path[-1]
+
+    @property
+    def nested(self) -> bool:
+        """The map is a whole nested base's output (it exists only in the outer graph)."""
+        return isinstance(self.layer, keras.Model)
 
 
 def _rank(layer) -> int | None:
@@ -36,20 +49,52 @@ def _rank(layer) -> int | None:
         return None
 
 
-def find_feature_layer(model: keras.Model) -> FeatureLayer:
-    """The top-level layer that outputs the model's last spatial feature map (rank 4)."""
+def _is_image(layer) -> bool:
+    """The input or its pixel scaling: rank 4, but no feature map."""
+    return isinstance(layer, (keras.layers.InputLayer, *SCALING_LAYERS)) or layer.name == "pixel_scaling"
+
+
+def _last_map(model: keras.Model) -> list[keras.layers.Layer] | None:
     found = None
     for layer in model.layers:
-        if not isinstance(layer, keras.layers.InputLayer) and _rank(layer) == 4:
-            found = layer
-    if found is None:
+        if _is_image(layer):
+            continue
+        if _rank(layer) == 4:
+            found = [layer]
+        elif isinstance(layer, keras.Model) and (inside := _last_map(layer)):  # a base that pools its map
+            found = [layer, *inside]
+    return found
+
+
+def find_feature_layer(model: keras.Model) -> FeatureLayer:
+    """The path to the layer that outputs the model's last spatial feature map (rank 4)."""
+    path = _last_map(model)
+    if path is None:
         raise FlowerftError(f"model {model.name} has no spatial feature map (no layer output of shape "
                             "batch x height x width x channels): Grad-CAM needs a convolutional backbone")
-    height, width = found.output.shape[1:3]
+    _refuse_one_by_one(model, path[-1].name, path[-1].output.shape)
+    return FeatureLayer(path)
+
+
+def _refuse_one_by_one(model: keras.Model, name: str, shape) -> None:
+    height, width = shape[1:3]
     if height is not None and width is not None and height * width == 1:
-        raise FlowerftError(f"the feature map of model {model.name} ({found.name}) is 1 x 1 at this image size: "
+        raise FlowerftError(f"the feature map of model {model.name} ({name}) is 1 x 1 at this image size: "
                             "there is nothing to localise; train at a larger --image-size")
-    return FeatureLayer(found, isinstance(found, keras.Model))
+
+
+def _split(model: keras.Model, path: list) -> tuple[list, list]:
+    """(steps from `model`'s input to the map at the end of `path`, steps from the map on to its output),
+    each a list of callables run in turn."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    at = layers.index(path[0])
+    after = layers[at + 1:]  # the head: pooling, dropout, Dense
+    if len(path) > 1:  # the map is inside a nested model: through it, then on with the layers after it
+        to_map, from_map = _split(path[0], path[1:])
+        return layers[:at] + to_map, from_map + after
+    if isinstance(path[0], keras.Model):  # its output exists only in the outer graph: run the layers in turn
+        return layers[:at + 1], after
+    return [keras.Model(model.inputs, path[0].output)], after  # a tensor of this graph: a model up to it
 
 
 def _scores_layer(model: keras.Model):
@@ -69,26 +114,21 @@ class GradCam:
         # A classifier that outputs logits (a whole Keras application with classifier_activation=None):
         # its scores are the output, its probabilities their softmax.
         self.logits = not self.softmax and getattr(self.last, "activation", None) is keras.activations.linear
-        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        at = layers.index(self.feature.layer)
-        self.before, self.head = layers[: at + 1], layers[at + 1:]  # the head: pooling, dropout, Dense
-        if not self.feature.nested:  # a flat graph: the map is a tensor of it
-            self.to_features = keras.Model(model.inputs, self.feature.layer.output)
+        self.to_map, from_map = _split(model, self.feature.path)
+        self.head = from_map[:-1]  # from_map ends with the model's last layer: scores() runs it itself
         self.checked = False
 
     def features(self, images: tf.Tensor) -> tf.Tensor:
-        if not self.feature.nested:
-            return self.to_features(images, training=False)
-        x = images  # a nested base's output exists only in the outer graph: run the layers in turn
-        for layer in self.before:
-            x = layer(x, training=False)
+        x = images
+        for step in self.to_map:
+            x = step(x, training=False)
         return x
 
     def scores(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(class scores before any softmax, probabilities) from the feature map, through the head."""
         x = features
-        for layer in self.head[:-1]:
-            x = layer(x, training=False)
+        for step in self.head:
+            x = step(x, training=False)
         probabilities = tf.cast(self.last(x, training=False), tf.float32)
         if not self.softmax:
             return probabilities, tf.nn.softmax(probabilities) if self.logits else probabilities
@@ -108,7 +148,7 @@ class GradCam:
             if classes is None:
                 classes = tf.argmax(probabilities, axis=1)
             chosen = tf.gather(scores, tf.cast(classes, tf.int32), axis=1, batch_dims=1)
-        self._check(images, probabilities)
+        self._check(images, features, probabilities)
         gradients = tf.cast(tape.gradient(chosen, features), tf.float32)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # one weight per channel
         cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1))
@@ -118,10 +158,12 @@ class GradCam:
         upsampled = tf.image.resize(cam[..., None], images.shape[1:3], method="bilinear")[..., 0]
         return upsampled.numpy(), probabilities.numpy()
 
-    def _check(self, images, probabilities) -> None:
+    def _check(self, images, features, probabilities) -> None:
         """Once: the layers run in turn must give the model's own output, or the map explains another model."""
         if self.checked:
             return
+        # A base that takes any input size: its map's size is known only now.
+        _refuse_one_by_one(self.model, self.feature.layer.name, features.shape)
         expected = np.asarray(self.model(images[:2], training=False), dtype="float32")
         if self.logits:
             expected = np.asarray(tf.nn.softmax(expected))

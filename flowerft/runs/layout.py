@@ -11,7 +11,7 @@
     <run_dir>/evaluation.json      `evaluate`: the test report, with confusion_matrix.png and
                                    predictions.json (each test image's probabilities)
     <run_dir>/report.html          `report`: one page on the run (flowerft/reporting/report.py)
-    <run_dir>/skipped_files.json   (image folders) files that did not decode and were left out
+    <run_dir>/skipped_files.json   (folders, labels CSV, Hugging Face) images that did not decode, left out
     <run_dir>/state/               while training: what `--resume` needs (see flowerft/training/checkpoints.py)
     <run_dir>/tensorboard/         event files
     <run_dir>/train.lock           locked by the process that trains the run (flowerft/runs/lock.py)
@@ -173,10 +173,11 @@ def check_new(path: Path, overwrite: bool) -> None:
 
 
 def check_latest(runs_root: str | Path) -> None:
-    """Fail before a run starts if <runs_root>/latest is not flowerft's own pointer.
+    """Fail before a run starts if <runs_root>/latest cannot be written or is not flowerft's own pointer.
 
     flowerft writes that one file outside a run's folder, and never replaces a file or folder
-    it did not write: its pointer is one line naming a run (or a run since deleted).
+    it did not write: its pointer is two lines, a run (or a run since deleted) then LATEST_MARKER;
+    an older one-line pointer counts only if it names an existing run (_is_pointer).
     """
     pointer = Path(runs_root) / LATEST
     ancestor = pointer.parent

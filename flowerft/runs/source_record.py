@@ -58,3 +58,8 @@ def has_test(run_dir: Path) -> bool:
     """Whether the run has a test split (a pre-split source may come without one)."""
     record = read(run_dir)
     return record is None or record.get("has_test", True)
+
+
+def held_out_split(run_dir: Path) -> str:
+    """The split a run's model is checked on: test, or valid for data that came without a test split."""
+    return "test" if has_test(run_dir) else "valid"

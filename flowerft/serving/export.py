@@ -225,7 +225,7 @@ def run(
     keras_path = loader.checkpoint_path(path, checkpoint)
     folder = Path(output) if output is not None else path / "export"
     prepare_output(folder, given=output is not None)
-    held_out = "test" if source_record.has_test(path) else "valid"  # data that came without a test split
+    held_out = source_record.held_out_split(path)
     needed = (held_out, "train") if "tflite-int8" in formats else (held_out,)
     splits = sources.load_recorded(path, config, needed)
     model = in_float32(loader.load_model(keras_path), config, len(splits.class_names))

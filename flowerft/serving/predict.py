@@ -2,8 +2,8 @@
 
 Each file is decoded and resized by the same functions as the training pipeline, in parallel
 through tf.data; the model holds its own pixel scaling, so nothing else is done to the pixels
-here. Results stream out in file order, a batch at a time: a folder of 100k images needs no more
-memory than a folder of a hundred.
+here. Results stream out in the inputs' order, a batch at a time: a folder of 100k images needs
+no more memory than a folder of a hundred.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tensorflow as tf
 from flowerft import inference
 from flowerft.config import DEFAULTS
 from flowerft.data import image_io
-from flowerft.data.image_inputs import Failure, expand_inputs
+from flowerft.data.image_inputs import Failure, inputs_in_order
 from flowerft.errors import DataError, FlowerftError
 from flowerft.ranking import top_k
 from flowerft.runs import layout, loader
@@ -83,6 +83,15 @@ def stream(files: list[Path], predictor: predictors.Predictor, batch_size: int, 
     yield from (failed(j) for j in range(expected, len(files)))
 
 
+def stream_in_order(entries: list[Path | Failure], predictor: predictors.Predictor, batch_size: int,
+                    k: int) -> Iterator[Prediction | Failure]:
+    """A result for each of inputs_in_order's entries, in that order: stream()'s for the image files
+    (still a batch at a time), and each input that names no image where it stands among them."""
+    results = stream([e for e in entries if isinstance(e, Path)], predictor, batch_size, k)
+    for entry in entries:
+        yield entry if isinstance(entry, Failure) else next(results)
+
+
 def run(
     inputs: list[str | Path],
     run_dir: str | Path | None = None,
@@ -95,20 +104,19 @@ def run(
     The model is the run's checkpoint, or `model_path`: a SavedModel folder, or a .tflite, .onnx
     or .keras file, which carries its own input size and class names.
     """
-    predictor, batch_size, files, failures, k = prepare(inputs, run_dir, checkpoint, k, model_path)
-    predictions = []
-    for result in stream(files, predictor, batch_size, k):
+    predictor, batch_size, entries, k = prepare(inputs, run_dir, checkpoint, k, model_path)
+    predictions, failures = [], []
+    for result in stream_in_order(entries, predictor, batch_size, k):
         (predictions if isinstance(result, Prediction) else failures).append(result)
     return predictions, failures
 
 
 def prepare(inputs, run_dir, checkpoint, k, model_path):
-    """(predictor, batch size, the image files, the inputs that are none, k), checked before any compute."""
+    """(predictor, batch size, inputs_in_order's entries, k), checked before any compute."""
     if k < 1:
         raise FlowerftError(f"top-k must be 1 or more, got {k}")
     predictor, batch_size = load_predictor(run_dir, checkpoint, model_path)
-    files, failures = expand_inputs(inputs)
-    return predictor, batch_size, files, failures, min(k, len(predictor.class_names))  # no columns for no class
+    return predictor, batch_size, inputs_in_order(inputs), min(k, len(predictor.class_names))  # no columns for no class
 
 
 # --------------------------------------------------------------------------- rows for --csv and --jsonl

@@ -129,7 +129,7 @@ class Config:
 
     # Fine-tune only the base's top: its last N blocks (0: the whole base, like the book), or from
     # the named layer of the base up. The frozen part's activations are then computed once
-    # (flowerft/training/partial_finetune.py) unless augment is on or cache is none.
+    # (flowerft/training/cached.py) unless augment is on or cache is none.
     finetune_blocks: int = 0
     finetune_from: str | None = None
 

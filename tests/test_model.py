@@ -130,7 +130,7 @@ def test_cosine_schedule_warms_up_from_zero_then_falls_to_zero():
 def test_label_smoothing_trains_on_one_hot_targets_and_reports_accuracy():
     import tensorflow as tf
 
-    from flowerft.training.session import one_hot_labels
+    from flowerft.training.recipe import one_hot_labels
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])

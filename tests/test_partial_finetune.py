@@ -11,6 +11,7 @@ from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after 
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, Interrupted
 from flowerft.training import partial_finetune, session
+from flowerft.training.cached import activations
 
 
 def config(folder, run, **values):
@@ -77,10 +78,11 @@ def test_cached_activations_give_the_weights_of_the_plain_loop(plain, cached):
 
 def test_activations_too_large_for_memory_go_to_a_file_cache(folder, tmp_path, cached, monkeypatch):
     stored = []
-    monkeypatch.setattr(partial_finetune, "activations", lambda *a, _f=partial_finetune.activations: stored.append(a[3]) or _f(*a))
-    monkeypatch.setattr(partial_finetune.pipelines, "ram_bytes", lambda: 1000)  # nothing fits
+    monkeypatch.setattr("flowerft.training.cached.activations",
+                        lambda *a, _f=activations: stored.append(a[3]) or _f(*a))
+    monkeypatch.setattr("flowerft.data.pipelines.ram_bytes", lambda: 1000)  # nothing fits
     train_tiny(config(folder, tmp_path / "run"))
-    assert [file.name for file in stored] == ["session.npy", "valid.npy"]
+    assert [file.name for file in stored] == ["train.npy", "valid.npy"]
     assert not (tmp_path / "run" / "cache").exists()  # removed with the run's other caches
     assert_same_training(tmp_path / "run", cached, 1e-6)
 

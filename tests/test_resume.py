@@ -21,7 +21,8 @@ from flowerft.errors import FlowerftError
 from flowerft.runs import layout
 from flowerft.training import checkpoints
 from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard
-from flowerft.training.session import _fit_phase, resumed_config
+from flowerft.training.recipe import Schedule, Setup, fit_phase
+from flowerft.training.session import resumed_config
 
 runner = CliRunner()
 EPOCHS_HEAD, EPOCHS_FINETUNE = 2, 6
@@ -242,8 +243,9 @@ def test_a_phase_stopped_for_divergence_stays_over_on_resume(tmp_path, monkeypat
         {"phase": "head", "epoch": 2, "val_accuracy": 0.9, "val_loss": float("nan")},  # validated diverged
     ], stopped="loss became nan")
     monkeypatch.setattr(model, "fit", lambda *a, **k: pytest.fail("a stopped phase was trained again"))
-    result = _fit_phase("head", model, None, None, make_config(recipe="book"), tmp_path, lambda phase, config: [],
-                        epochs=5, initial_epoch=0, lr=0.1, decay=0.0, shuffle_epoch=None, resume=progress)
+    setup = Setup(make_config(recipe="book"), tmp_path, lambda phase, config: [], epoch=None)
+    result = fit_phase("head", model, None, None, setup, Schedule(epochs=5, initial_epoch=0, lr=0.1, decay=0.0),
+                       resume=progress)
     assert result.stopped_because == "loss became nan" and result.epochs_run == 2
     assert (result.best_epoch, result.best_val_accuracy) == (1, 0.5)  # never the diverged epoch
 

@@ -10,7 +10,7 @@ from flowerft.config_files import make_config
 from flowerft.data import pipelines, sources
 from flowerft.model import build_model
 from flowerft.runs import layout
-from flowerft.training import session
+from flowerft.training import recipe, session
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,8 @@ def head_after_phase(folder, tmp_path, cached: bool):
     train_ds = pipelines.pipeline(splits, "train", config, training=True, cache="none", epoch=epoch)
     valid_ds = pipelines.pipeline(splits, "valid", config, cache="none")
     unshuffled = pipelines.pipeline(splits, "train", config, cache="memory") if cached else None
-    result = session.train_head(model, base, train_ds, valid_ds, config, run_dir, lambda phase, config: [],
-                              shuffle_epoch=epoch, unshuffled_train_ds=unshuffled)
+    result = recipe.train_head(model, base, recipe.Data(train_ds, valid_ds, in_order=unshuffled),
+                               recipe.Setup(config, run_dir, lambda phase, config: [], epoch))
     return model, result, run_dir, start
 
 

@@ -64,13 +64,13 @@ class BestCheckpoint(keras.callbacks.Callback):
     trains (the full classifier while a head trains on cached features), it starts from a
     known best when a run resumes (keras-team/keras #17012), and a crash mid-save never
     leaves a truncated file. Each save goes to `staging / <stem>-e<epoch>.keras` and is
-    `pending` until the caller commits the epoch and moves it into place (state.EpochState),
+    `pending` until the caller commits the epoch and moves it into place (checkpoints.EpochState),
     so the checkpoint and the recorded best never disagree. An epoch the `guard` stopped for
     divergence is never the best: its validation ran on the diverged weights.
 
     With `weights_only`, each save is `<stem>-e<epoch>.weights.h5` of `model_to_save` alone (the
     head, while the base is frozen: kilobytes, not the whole network), which stays in `staging`;
-    state.publish_staged_best writes the full classifier from it once, when the phase ends.
+    checkpoints.publish_staged_best writes the full classifier from it once, when the phase ends.
     """
 
     def __init__(self, model_to_save: keras.Model, staging: Path, stem: str, best: float | None = None,
@@ -104,7 +104,7 @@ class ShuffleEpoch(keras.callbacks.Callback):
 
     Keras starts each epoch's data iterator after on_epoch_begin, and `epoch` counts over
     both phases (fit's initial_epoch), so a resumed run shuffles its epochs as the
-    uninterrupted run did (see data.shuffle_for_epoch).
+    uninterrupted run did (see pipelines.shuffle_for_epoch).
     """
 
     def __init__(self, variable):

@@ -18,9 +18,10 @@ checkpoint is moved into checkpoints/ only after progress.json records it, and `
 finishes that move if a crash came between the two. The per-epoch history CSV is
 rewritten from the same rows, so it never holds an epoch the state lacks.
 
-A resumed run continues from the same weights, optimizer state and step count, but its
-training batches are shuffled afresh from the seed, so its later epochs see the images in
-another order than an uninterrupted run would: equally valid, not bit-identical.
+A resumed run continues from the same weights, optimizer state and step count, and each
+epoch's batches come in the order the uninterrupted run gave them (the shuffle is a function
+of the seed and the epoch: pipelines.shuffle_for_epoch), so with TensorFlow's deterministic
+kernels it ends with the same weights, bit for bit (tests/test_exact_resume.py).
 """
 
 from __future__ import annotations

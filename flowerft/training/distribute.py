@@ -218,7 +218,7 @@ def worker_folder(chief_dir: Path, strategy: tf.distribute.Strategy):
 def worker_copy(chief_dir: Path, folder: Path) -> Path:
     """A non-chief worker's own copy of the chief's run, to resume from in step with it.
 
-    The chief may be finishing its previous commit while this copies (state.finish_commit
+    The chief may be finishing its previous commit while this copies (checkpoints.finish_commit
     moves a staged checkpoint), so a file that vanishes mid-copy means: copy again.
     """
     local = folder / (chief_dir.name or "run")

@@ -9,7 +9,7 @@
 
 The store is MLFLOW_TRACKING_URI, else a SQLite database in runs_root (config.MLFLOW_DATABASE),
 whose artifacts go to runs_root/mlartifacts. An epoch is logged only after its state is
-committed (the callback runs after state.EpochState), and a resumed run first logs the committed
+committed (the callback runs after checkpoints.EpochState), and a resumed run first logs the committed
 epochs the store lacks (a kill between the two): so every epoch is logged exactly once.
 
 The run dir stays the record: a store that cannot be reached warns once, and the run goes on
@@ -144,7 +144,7 @@ class Tracker:
             self._failed("log an epoch", e)
 
     def callback(self):
-        """A Keras callback logging each epoch; it must come after state.EpochState (the commit)."""
+        """A Keras callback logging each epoch; it must come after checkpoints.EpochState (the commit)."""
         import keras
 
         tracker = self
@@ -170,7 +170,7 @@ class Tracker:
 
 
 def committed_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The epochs a run has saved: history.json when finished, else the committed progress (state.Progress)."""
+    """The epochs a run has saved: history.json when finished, else the committed progress (checkpoints.Progress)."""
     from flowerft.training.checkpoints import Progress
 
     if (run_dir / layout.HISTORY).is_file():

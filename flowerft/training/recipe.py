@@ -1,0 +1,179 @@
+"""The recipe: train a new head on the frozen base, then unfreeze the base and fine-tune it.
+
+`train_head` and `fine_tune` are the two phases; `fit_phase` is the one place a phase compiles
+and fits. Both phases may train on what the frozen part computes once (flowerft/training/cached.py)
+instead of on images: the same batches, shuffle and schedule, so the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from flowerft.config import Config
+from flowerft.errors import FlowerftError
+from flowerft.model import compile_for_phase, freeze_base
+from flowerft.runs import layout
+from flowerft.training import cached, checkpoints, distribute, micro_batches, partial_finetune
+from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
+from flowerft.training.checkpoints import Progress
+from flowerft.training.summary import PhaseResult
+
+HEAD, FINETUNE = "head", "finetune"
+# Builds extra callbacks for a phase (the CLI's progress display); gets the phase name and the
+# run's config (a resumed run's own, which may differ from what the command line built).
+CallbackFactory = Callable[[str, Config], list[keras.callbacks.Callback]]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every phase of a run shares."""
+
+    config: Config
+    run_dir: Path
+    callbacks: CallbackFactory
+    epoch: tf.Variable | None  # the epoch the training pipelines shuffle for (set by callbacks.ShuffleEpoch)
+
+    @property
+    def cache_dir(self) -> Path:
+        """The run's decoded images and activations on disk (cache: file); removed when it ends."""
+        return self.run_dir / "cache"
+
+
+@dataclass(frozen=True)
+class Data:
+    train: tf.data.Dataset  # shuffled for each epoch, augmented if the config says so
+    valid: tf.data.Dataset
+    in_order: tf.data.Dataset | None = None  # the training images unaugmented, in source order (None: augmented)
+    sizes: tuple[int, int] = (0, 0)  # (train, valid) images
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how fast one phase trains."""
+
+    epochs: int
+    initial_epoch: int  # the epochs before it: fit counts epochs over both phases
+    lr: float
+    decay: float
+    warmup_steps: int = 0
+
+
+def train_head(model, base, data: Data, setup: Setup, resume: Progress | None = None) -> PhaseResult:
+    """Phase 1: only the new head learns; the base is frozen (its BatchNorm in inference mode).
+
+    Without augmentation, the head trains on the base's pooled features, computed once.
+    """
+    freeze_base(base)
+    if resume and resume.phase == FINETUNE:
+        return PhaseResult(**resume.head)  # it finished before the run stopped
+    config = setup.config
+    schedule = Schedule(config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head)
+    if data.in_order is None or config.epochs_head == 0:
+        return fit_phase(HEAD, model, data.train, data.valid, setup, schedule, resume=resume)
+    return _fit_cached(HEAD, cached.head_features(model, data, setup), model, setup, schedule, resume=resume)
+
+
+def fine_tune(
+    model, base, data: Data, setup: Setup, *, head: PhaseResult, resume: Progress | None = None,
+) -> PhaseResult:
+    """Phase 2: the base (or its top: partial_finetune.py) learns too, at a lower rate, with a fresh optimizer.
+
+    BatchNormalization layers stay frozen on pretrained weights (model.unfreeze_base says why)
+    and learn from scratch (model.batchnorm_learns). A partial fine-tune without augmentation
+    trains its top on the frozen part's activations, computed once.
+    """
+    config = setup.config
+    parts = partial_finetune.unfreeze(base, config)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch(data.train)) if config.epochs_finetune else 0
+    schedule = Schedule(config.epochs_finetune, initial_epoch=config.epochs_head, lr=config.lr_finetune,
+                        decay=config.decay_finetune, warmup_steps=warmup_steps)
+    options = dict(resume=resume if resume and resume.phase == FINETUNE else None, head=asdict(head))
+    # cache: none turns the activations off (the head's pooled features are small: always in memory).
+    if parts and data.in_order is not None and config.cache != "none" and config.epochs_finetune:
+        top = cached.top_activations(model, parts, data, setup)
+        return _fit_cached(FINETUNE, top, model, setup, schedule, **options)
+    return fit_phase(FINETUNE, model, data.train, data.valid, setup, schedule, **options)
+
+
+def _fit_cached(phase: str, frozen: cached.Cached, model, setup: Setup, schedule: Schedule, **options) -> PhaseResult:
+    result = fit_phase(phase, frozen.model, frozen.train, frozen.valid, setup, schedule, save=model, **options)
+    result.wall_time_s = round(result.wall_time_s + frozen.seconds, 3)
+    return result
+
+
+def fit_phase(
+    phase: str, model, train_ds, valid_ds, setup: Setup, schedule: Schedule,
+    *, save=None, resume: Progress | None = None, head: dict | None = None,
+) -> PhaseResult:
+    """Fit `model` for a phase (or what is left of it); checkpoints hold `save` (default `model`)."""
+    config, run_dir = setup.config, setup.run_dir
+    result = PhaseResult(phase=phase, epochs_planned=schedule.epochs)
+    if schedule.epochs == 0:
+        return result
+    steps = schedule.epochs * steps_per_epoch(train_ds) if config.schedule == "cosine" else None
+    accumulate = micro_batches.accumulation_steps(config.batch_size, config.micro_batch) if phase == FINETUNE else 1
+    # Recompile after changing `trainable`, with a new optimizer: the old one's momentum
+    # belongs to other variables and another learning rate.
+    with model.distribute_strategy.scope():  # the optimizer's variables are the strategy's
+        compile_for_phase(
+            model, lr=schedule.lr, decay=schedule.decay, momentum=config.momentum, clipnorm=config.clipnorm,
+            schedule=config.schedule, steps=steps, warmup_steps=schedule.warmup_steps,
+            label_smoothing=config.label_smoothing, jit_compile=config.jit_compile, micro_batches=accumulate,
+        )
+    if config.label_smoothing:  # the smoothed loss takes one-hot labels
+        train_ds, valid_ds = (one_hot_labels(ds, model.output_shape[-1]) for ds in (train_ds, valid_ds))
+    if accumulate > 1:  # memory-bounded fine-tuning: same updates (see flowerft/training/micro_batches.py)
+        train_ds = micro_batches.split_batches(train_ds, config.batch_size, config.micro_batch)
+    progress = resume or Progress(phase, head=head)
+    checkpoint = Path(layout.CHECKPOINTS) / f"{phase}_best.keras"
+    if resume:
+        checkpoints.finish_commit(run_dir, progress, run_dir / checkpoint)
+    if progress.weights:
+        with model.distribute_strategy.scope():
+            checkpoints.load_fitted(model, run_dir, progress)  # weights, momentum and step count
+    guard = DivergenceGuard(config.divergence_factor)
+    # A head fitted on features stages only its own weights each better epoch (the frozen base is
+    # the run's initial one); the full classifier is written once, when the phase ends.
+    staged = keras.Model(model.inputs, model.outputs) if phase == HEAD and save is not None else None
+    to_save = staged if staged is not None else save if save is not None else model
+    best = BestCheckpoint(to_save, run_dir / checkpoints.STATE, f"{phase}_best",
+                          best=progress.best_val_accuracy, guard=guard, weights_only=staged is not None)
+    epoch_state = checkpoints.EpochState(run_dir, progress, best, guard, published=run_dir / checkpoint)
+    callbacks = [ShuffleEpoch(setup.epoch), guard, best, epoch_state, *setup.callbacks(phase, config)]  # see EpochState
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
+    if progress.epochs_done < schedule.epochs and not progress.stopped:  # a diverged phase stays over
+        with distribute.keras_fit(model, train_ds):
+            model.fit(
+                train_ds,
+                validation_data=valid_ds,
+                initial_epoch=schedule.initial_epoch + progress.epochs_done,  # no finished epoch runs twice
+                epochs=schedule.initial_epoch + schedule.epochs,
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
+                verbose=0,
+            )
+    if staged is not None:
+        checkpoints.publish_staged_best(run_dir, progress, staged, save, run_dir / checkpoint)
+    result.stopped_because = guard.reason or progress.stopped
+    result.add_history(progress.history, diverged=result.stopped_because is not None)
+    result.wall_time_s = progress.wall_time_s
+    if (run_dir / checkpoint).exists():
+        result.checkpoint = checkpoint.as_posix()
+    return result
+
+
+def steps_per_epoch(ds: tf.data.Dataset) -> int:
+    steps = int(ds.cardinality())
+    if steps < 1:  # our pipelines come from finite, counted sources; anything else is a bug
+        raise FlowerftError(f"the training data has no known number of batches ({steps})")
+    return steps
+
+
+def one_hot_labels(ds: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
+    return ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)

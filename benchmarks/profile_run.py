@@ -57,31 +57,25 @@ enter("python start-up, import flowerft CLI")
 from flowerft.cli import app
 from flowerft.cli import common
 leave()
-enter("import tensorflow, keras, flowerft.training.session")
+enter("import tensorflow, keras, flowerft.training")
 common.import_tensorflow_quietly()
-from flowerft import model
-from flowerft.training import callbacks
-from flowerft.reporting import curves
-from flowerft.data import pipelines
-from flowerft.data import sources
-from flowerft.training import checkpoints
-from flowerft.training import summary
-from flowerft.training import session
+from flowerft import machine
 from flowerft.cli import progress_display
+from flowerft.data import pipelines, sources, splitting
+from flowerft.reporting import curves
+from flowerft.training import cached, callbacks, checkpoints, recipe, session, start
 leave()
 common.import_tensorflow_quietly = lambda: None
 
-wrap(sources, "undecodable", "source check: decode every file once")
+wrap(splitting, "undecodable", "source check: decode every file once")
 wrap(sources, "load", "source: list the folder, split")
-wrap(train, "build_model", "model build")
-wrap(train, "start_run_dir", "run dir: config, splits, initial state")
-wrap(data, "decode_split", "decode and resize the images into memory")
-wrap(data, "pipeline", "pipeline build")
-wrap(train, "_features", "head features: the base's forward pass (and its tracing)")
-wrap(train, "fit_head_on_features", "head phase set-up (feature model, pipelines)")
-wrap(train, "_fit_phase", "phase set-up and end (callbacks, publish)")
-for mod in (train,):
-    wrap(mod, "compile_for_phase", "compile")
+wrap(session, "build_model", "model build")
+wrap(start, "start_run_dir", "run dir: config, splits, initial state")
+wrap(pipelines, "decode_split", "decode and resize the images into memory")
+wrap(pipelines, "pipeline", "pipeline build")
+wrap(cached, "head_features", "head features: the base's forward pass (and its tracing), feature model, pipelines")
+wrap(recipe, "fit_phase", "phase set-up and end (callbacks, publish)")
+wrap(recipe, "compile_for_phase", "compile")
 def saved(model, path, *a, **k):
     p = str(path)
     if "initial" in p:
@@ -93,18 +87,17 @@ def saved(model, path, *a, **k):
     if "_best" in p:
         return "save: best checkpoint published (checkpoints/)"
     return "save: each epoch's state (state/)"
-for module in (state, callbacks):
+for module in (checkpoints, callbacks):
     for name in ("save_weights_atomic", "save_model_atomic"):
         wrap(module, name, saved)
-wrap(state, "copy_atomic", "save: final.keras as a copy of the best")
-wrap(state, "weights_checksum", "initial state: checksum of the weights")
-wrap(state, "load_fitted", "resume: load state")
-wrap(train, "summarize", "end: summary")
-wrap(curves, "write_after_training", "end: curves.png")
-wrap(train, "environment", "end: environment")
+wrap(checkpoints, "copy_atomic", "save: final.keras as a copy of the best")
+wrap(checkpoints, "weights_checksum", "initial state: checksum of the weights")
+wrap(checkpoints, "load_fitted", "resume: load state")
+wrap(session, "summarize", "end: summary")
+wrap(machine, "describe", "end: environment")
 wrap(keras_fit := __import__("keras").Model, "fit", "fit: set-up and tracing outside epochs")
 
-Epoch = display.EpochProgress
+Epoch = progress_display.EpochProgress
 begin, end = Epoch.on_epoch_begin, Epoch.on_epoch_end
 def on_epoch_begin(self, epoch, logs=None):
     enter(f"{self.phase} epoch {epoch + 1 - (0 if self.phase == 'head' else self.display.clock.epochs['head'])}")

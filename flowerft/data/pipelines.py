@@ -90,7 +90,7 @@ def indexed_pipeline(
     Only indices are shuffled, and tf.data's shuffle order does not depend on what it
     shuffles: for the same buffer and seed, these batches hold exactly the items that
     `make_pipeline` gives from the same source order. `gather(indices)` reads values that
-    are not a tensor (partial.gather: an array, possibly memory-mapped).
+    are not a tensor (training.cached.gather: an array, possibly memory-mapped).
     """
     gather = gather or (lambda i: tf.gather(values, i))
     ds = tf.data.Dataset.range(int(labels.shape[0]))

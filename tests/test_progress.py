@@ -232,3 +232,13 @@ def test_at_80_columns_the_summary_headers_take_one_line():
     header = next(i for i, line in enumerate(lines) if "phase" in line)
     assert "last loss" in lines[header] and "time" in lines[header]
     assert "━" in lines[header + 1] or "─" in lines[header + 1] or "┡" in lines[header + 1], lines  # rule right below
+
+
+def test_at_80_columns_the_summary_shows_every_value_whole():
+    metrics = summarize(PhaseResult("head", 5), PhaseResult("finetune", 10), "checkpoints/final.keras")
+    metrics["phases"]["finetune"].update(epochs_run=10, best_epoch=12, best_val_accuracy=0.975, best_epoch_val_loss=0.1234,
+                                         last_val_accuracy=0.97, last_val_loss=0.1345, wall_time_s=1234.4)
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(phase_table(metrics))
+    text = out.export_text()
+    assert "…" not in text and "1234 s" in text and "0.1345" in text, text

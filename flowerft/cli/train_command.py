@@ -123,8 +123,10 @@ def train(
 
 def phase_table(metrics: dict) -> Table:
     """Per phase: its best epoch with that epoch's validation accuracy and loss, and its last epoch."""
-    table = Table(title="Training summary")
-    # Short headers, each one line at 80 columns; the caption says what they mean.
+    # Short headers, each one line at 80 columns, and one space beside each rule (collapse_padding):
+    # with two the eight columns need 82 and Rich cuts the last value short. The caption says what
+    # the headers mean.
+    table = Table(title="Training summary", collapse_padding=True)
     for column in ("phase", "epochs", "best", "val acc", "val loss", "last acc", "last loss", "time"):
         table.add_column(column, justify="left" if column == "phase" else "right", no_wrap=True)
     for name, p in metrics["phases"].items():

@@ -2,19 +2,12 @@
 
 import io
 
+from helpers import FakeTime
 from rich.console import Console
 
 from flowerft.cli import progress_display
 from flowerft.cli.progress_display import Display, cost_line
 from flowerft.config import make_config
-
-
-class FakeTime:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
 
 
 def watched_run(config, monkeypatch, native_bfloat16=False):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import HEAD_KERNEL, MOVED, assert_differ, make_image_folder, named_weights
+from helpers import HEAD_KERNEL, MOVED, assert_differ, named_weights
 
 from flowerft.config import make_config
 from flowerft.data import pipelines, sources
@@ -14,8 +14,8 @@ from flowerft.training import session
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("speed") / "f", per_class=10)
+def folder(image_folders):
+    return image_folders(per_class=10)
 
 
 def config_for(folder, **overrides):

@@ -22,7 +22,8 @@ def fine_tune_rate(name: str, image_size: int, batch_size: int, steps: int) -> d
     import keras
 
     from flowerft.config_files import make_config
-    from flowerft.model import build_model, compile_for_phase, unfreeze_base
+    from flowerft.model import build_model, unfreeze_base
+    from flowerft.training.optimizer import compile_for_phase
 
     keras.utils.set_random_seed(0)
     start = time.perf_counter()

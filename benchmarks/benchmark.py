@@ -135,7 +135,8 @@ def fine_tune_speed(config, steps: int):
     import tensorflow as tf
 
     from flowerft.data import pipelines, sources
-    from flowerft.model import build_model, compile_for_phase, unfreeze_base
+    from flowerft.model import build_model, unfreeze_base
+    from flowerft.training.optimizer import compile_for_phase
 
     splits = sources.load(config)
     keras.utils.set_random_seed(config.seed)
@@ -219,8 +220,9 @@ def strategy_overhead(config, steps: int) -> dict[str, float]:
     import keras
 
     from flowerft.data import pipelines, sources
-    from flowerft.model import build_model, compile_for_phase, unfreeze_base
+    from flowerft.model import build_model, unfreeze_base
     from flowerft.training import distribute
+    from flowerft.training.optimizer import compile_for_phase
 
     splits = sources.load(config)
     train_ds = pipelines.pipeline(splits, "train", config, training=True, cache="memory").repeat()

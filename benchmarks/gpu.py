@@ -94,7 +94,8 @@ def input_wait(config, steps: int) -> tuple[float, float]:
 
     from flowerft import precision
     from flowerft.data import pipelines, sources
-    from flowerft.model import build_model, compile_for_phase, unfreeze_base
+    from flowerft.model import build_model, unfreeze_base
+    from flowerft.training.optimizer import compile_for_phase
 
     splits = sources.load(config)
     keras.mixed_precision.set_global_policy(precision.policy(config))

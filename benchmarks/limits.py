@@ -71,8 +71,9 @@ def finetune_rates(folder: Path, args) -> dict[str, float]:
 
     from flowerft.config_files import make_config
     from flowerft.data import pipelines, sources
-    from flowerft.model import build_model, compile_for_phase, unfreeze_base
+    from flowerft.model import build_model, unfreeze_base
     from flowerft.training import partial_finetune
+    from flowerft.training.optimizer import compile_for_phase
 
     config = make_config(data_dir=str(folder), weights="none", image_size=args.limits_image_size, batch_size=32,
                          finetune_blocks=args.finetune_blocks, tensorboard=False)

@@ -22,6 +22,7 @@ from flowerft.backbones import weights_files
 from flowerft.backbones.registry import Backbone, get_backbone, is_own
 from flowerft.config import Config
 from flowerft.errors import ConfigError, OfflineError
+from flowerft.layer_tree import all_layers
 
 # ImageNet channel means, BGR order, as keras.applications.imagenet_utils' "caffe" mode uses them.
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype="float32")
@@ -112,9 +113,10 @@ def _download_imagenet_base(constructor, shape, name: str) -> keras.Model:
 def build_model(config: Config, n_classes: int) -> tuple[keras.Model, keras.Model]:
     """The full classifier and its base (returned too, to freeze and unfreeze it)."""
     if is_own(config.backbone):  # a .keras file or KerasHub preset the user brings
-        from flowerft.backbones import own_model
+        from flowerft.backbones import hub_presets, own_model
 
-        scaling_name, base, name = own_model.load_base(config)
+        scaling_name, base, name = (hub_presets.load_base(config) if hub_presets.is_preset(config.backbone)
+                                    else own_model.load_base(config))
     else:
         backbone = get_backbone(config.backbone)
         scaling_name, name = backbone.scaling, backbone.name
@@ -131,13 +133,6 @@ def build_model(config: Config, n_classes: int) -> tuple[keras.Model, keras.Mode
     # float32 output keeps softmax stable if a mixed-precision policy is ever set.
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"flowerft_{name}"), base
-
-
-def all_layers(layer: keras.layers.Layer):
-    """`layer` and every layer nested in it."""
-    yield layer
-    for sub in getattr(layer, "layers", []):
-        yield from all_layers(sub)
 
 
 def freeze_base(base: keras.Model) -> None:
@@ -175,84 +170,3 @@ def unfreeze_base(base: keras.Model, learn_batchnorm: bool = False) -> None:
             # Keras's 0.99 needs some 500 steps to forget the initial 0/1 statistics, and validation
             # and the saved model use them: PyTorch's 0.9 catches up within a small data set's epoch.
             layer.momentum = SCRATCH_BATCHNORM_MOMENTUM
-
-
-def learning_rate_schedule(
-    schedule: str, lr: float, *, decay: float = 0.0, steps: int | None = None, warmup_steps: int = 0
-) -> keras.optimizers.schedules.LearningRateSchedule:
-    """The per-step learning rate of one phase of `steps` optimizer steps.
-
-    "inverse_time" is the book's `SGD(lr=..., decay=...)`, lr / (1 + decay * step), which Keras 3
-    spells InverseTimeDecay(lr, decay_steps=1, decay_rate=decay). "cosine" climbs linearly from 0
-    to lr over `warmup_steps`, then falls along a half cosine to 0 at step `steps`.
-    """
-    if schedule == "inverse_time":
-        return keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=decay)
-    if schedule != "cosine":
-        raise ValueError(f"unknown schedule {schedule!r}")
-    if not steps:
-        raise ValueError("a cosine schedule needs the phase's number of steps")
-    warmup_steps = min(warmup_steps, steps - 1)
-    if warmup_steps <= 0:
-        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
-    # Keras's warm-up goes from initial_learning_rate to warmup_target, then decays over decay_steps.
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps - warmup_steps, warmup_target=lr, warmup_steps=warmup_steps
-    )
-
-
-def clip_after_summing_replicas(optimizer: keras.optimizers.Optimizer) -> None:
-    """Clip each variable's gradient once the replicas' gradients are summed, as one device would.
-
-    Keras clips in `optimizer.apply`, before the tf.distribute all-reduce: 2 replicas would clip
-    their half-batch gradients each, and reach other weights than 1 device clipping the whole
-    batch's (tests/test_distribute.py caught it). `update_step` gets each variable's summed
-    gradient, so the same per-tensor clip (`clipnorm`) moves there; with one device nothing changes.
-    The optimizer stays a plain SGD, so saved models load anywhere.
-    """
-    update_step = optimizer.update_step
-    optimizer._clip_gradients = lambda grads: grads
-    optimizer.update_step = lambda gradient, variable, learning_rate: update_step(
-        optimizer._clip_by_norm(gradient), variable, learning_rate)
-
-
-def compile_for_phase(
-    model: keras.Model,
-    *,
-    lr: float,
-    decay: float,
-    momentum: float,
-    clipnorm: float | None,
-    schedule: str = "inverse_time",
-    steps: int | None = None,
-    warmup_steps: int = 0,
-    label_smoothing: float = 0.0,
-    jit_compile: bool = False,
-    micro_batches: int = 1,
-) -> None:
-    """A fresh SGD for this phase: after `trainable` changes, Keras needs a recompile.
-
-    With `label_smoothing` the loss takes one-hot labels (Keras's sparse cross-entropy has no
-    smoothing): the phase's datasets must then yield them (see one_hot_labels). With
-    `micro_batches` > 1 each update accumulates that many micro-batches (micro_batches.py).
-    """
-    rate = learning_rate_schedule(schedule, lr, decay=decay, steps=steps, warmup_steps=warmup_steps)
-    accumulate = {}
-    if micro_batches > 1:
-        from flowerft.training.micro_batches import PerBatchSchedule
-
-        rate = PerBatchSchedule(rate, micro_batches)
-        accumulate = dict(gradient_accumulation_steps=micro_batches)
-    optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=momentum, clipnorm=clipnorm or None, **accumulate)
-    if optimizer.clipnorm:
-        clip_after_summing_replicas(optimizer)
-    if label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
-    model.compile(
-        optimizer=optimizer,
-        loss=loss,
-        metrics=["accuracy"],  # Keras picks sparse or one-hot accuracy from the labels' shape
-        jit_compile=jit_compile,  # Keras's "auto" would turn XLA on for GPUs; we keep it a choice
-    )

@@ -9,8 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import tiny_base
-from test_exact_resume import StopAfter
+from helpers import stop_after, tiny_make_base
 from typer.testing import CliRunner
 
 from flowerft.cli import app
@@ -30,17 +29,17 @@ def tiny_config(tmp_path: Path, **source):
 def train_resume_evaluate_report(tmp_path: Path, monkeypatch, split: str = "test", export: bool = False, **source) -> dict:
     """The whole life of a run on `source` (paths relative to tmp_path); what evaluate printed.
 
-    On conftest's tiny base (a real MobileNet costs seconds to build in each of train, resume,
+    On helpers' tiny base (a real MobileNet costs seconds to build in each of train, resume,
     evaluate): the sources are under test here, not the backbone.
     """
     from flowerft import model
 
-    monkeypatch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size))
+    monkeypatch.setattr(model, "make_base", tiny_make_base())
     os.chdir(tmp_path)
     config = tiny_config(tmp_path, **source)
     said: list[str] = []
     with pytest.raises(Interrupted):
-        session.run(config, callbacks=lambda phase, c: [StopAfter(1)], notify=said.append)  # Ctrl-C after the head epoch
+        session.run(config, callbacks=lambda phase, c: [stop_after(1)], notify=said.append)  # Ctrl-C after the head epoch
     run = Path(config.run_dir)
     assert (run / "source.json").is_file()
     elsewhere = tmp_path / "elsewhere"

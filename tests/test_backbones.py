@@ -18,8 +18,10 @@ import pytest
 from flowerft.backbones.registry import BACKBONES, block_starts, get_backbone
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError
-from flowerft.model import all_layers, build_model, compile_for_phase, make_base, pixel_scaling, unfreeze_base
+from flowerft.layer_tree import all_layers
+from flowerft.model import build_model, make_base, pixel_scaling, unfreeze_base
 from flowerft.training import partial_finetune
+from flowerft.training.optimizer import compile_for_phase
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype("float32")
 PIXELS[0, 0, :3, :] = [[0, 0, 0], [255, 255, 255], [127, 128, 1]]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_image_folder, one_line_error
+from helpers import closed_port, error_of, make_image_folder
 from typer.testing import CliRunner
 
 from flowerft.cli import app
@@ -155,10 +155,6 @@ def test_recipe_and_augment_flags(captured, tmp_path):
     assert captured["config"].augment and captured["config"].recipe == "flowerft"
 
 
-def error_of(args):
-    return one_line_error(runner.invoke(app, args))
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -200,24 +196,11 @@ def test_unwritable_run_dir(tmp_path, image_folder):
 def test_offline_tfds_fails_fast_with_the_remedy(tmp_path, monkeypatch):
     from flowerft.data import network, tfds_datasets
 
-    with socket_closed_port() as port:
-        monkeypatch.setattr(tfds_datasets, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", port))
-        start = time.monotonic()
-        message = error_of(["train", "--tfds-data-dir", str(tmp_path)])
+    monkeypatch.setattr(tfds_datasets, "TFDS_DOWNLOAD_HOST", ("127.0.0.1", closed_port()))
+    start = time.monotonic()
+    message = error_of(["train", "--tfds-data-dir", str(tmp_path)])
     assert time.monotonic() - start < network.NETWORK_PROBE_SECONDS  # refused at once, not the probe's timeout
     assert "--data-dir" in message and "--tfds-data-dir" in message
-
-
-class socket_closed_port:
-    def __enter__(self):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_help_does_not_import_tensorflow():

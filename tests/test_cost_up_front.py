@@ -2,20 +2,13 @@
 
 import io
 
+from helpers import FakeTime
 from rich.console import Console
 
 from flowerft import precision
 from flowerft.cli.progress_display import Display
 from flowerft.cli.run_clock import RunClock, cost_line
 from flowerft.config_files import make_config
-
-
-class FakeTime:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
 
 
 def watched_run(config, monkeypatch, native_bfloat16=False):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_image_folder
+from helpers import closed_port, make_image_folder
 from PIL import Image
 
 from flowerft.config_files import make_config
@@ -181,12 +181,6 @@ def test_tfds_source_keeps_tfds_class_order(tmp_path, monkeypatch):
     assert splits.class_names == ["dandelion", "daisy", "tulips", "sunflowers", "roses"]
     assert splits.element == "image" and splits.files is None
     assert images.shape == (3, 71, 71, 3) and images.dtype == tf.float32
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tfds_download_fails_fast_and_names_the_offline_remedies(tmp_path, monkeypatch):

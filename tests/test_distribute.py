@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_trained, make_image_folder, one_line_error, tiny_base_under_head
+from helpers import assert_same_weights, assert_trained, one_line_error, save_tiny_pretrained, tiny_base_under_head
 from typer.testing import CliRunner
 
 from flowerft.cli import app
@@ -36,12 +36,12 @@ def pretrained(folder: Path) -> list[str]:
 EXPECTED_EPOCHS = [("head", 1), ("head", 2), ("finetune", 3), ("finetune", 4)]
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
-# Every run trains conftest's tiny base, whose weights move in a few steps: an all-reduce that
+# Every run trains helpers' tiny base, whose weights move in a few steps: an all-reduce that
 # lost or scaled a replica's gradients would change the base's weights, not just a bias.
 TINY = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from conftest import tiny_base_under_head
+from helpers import tiny_base_under_head
 """
 WORKER = TINY + """
 from flowerft.cli import app
@@ -61,14 +61,10 @@ with tiny_base_under_head():
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(image_folders):
     # 36 training images and 6 validation ones: every batch of 4 splits evenly in two.
-    folder = make_image_folder(tmp_path_factory.mktemp("distribute") / "flowers", per_class=16)
-    import keras
-    from conftest import tiny_base
-
-    keras.utils.set_random_seed(7)
-    tiny_base(32).save_weights(folder.parent / "tiny_pretrained.weights.h5")
+    folder = image_folders(per_class=16)
+    save_tiny_pretrained(folder.parent / "tiny_pretrained.weights.h5")
     return folder
 
 
@@ -82,19 +78,6 @@ def one_device(folder, tmp_path_factory):
     return run
 
 
-def final_weights(run):
-    import keras
-
-    return keras.saving.load_model(run / "checkpoints" / "final.keras", compile=False).get_weights()
-
-
-def assert_same_weights(run, reference):
-    import numpy as np
-
-    for a, b in zip(final_weights(run), final_weights(reference), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
-
 def history(run):
     return [(r["phase"], r["epoch"]) for r in json.loads((run / "history.json").read_text())]
 
@@ -106,7 +89,7 @@ def test_two_mirrored_replicas_give_the_weights_of_one_device(folder, one_device
                          capture_output=True, text=True, env=QUIET, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MirroredStrategy, 2 replicas" in out.stdout
-    assert_same_weights(run, one_device)  # global batch 4 = 2 + 2 per step, BatchNorm frozen
+    assert_same_weights(run, one_device, rtol=1e-5, atol=1e-7)  # global batch 4 = 2 + 2 per step, BatchNorm frozen
 
 
 def free_ports(n):
@@ -206,7 +189,7 @@ def test_two_workers_on_loopback_train_as_one_device_and_only_the_chief_writes(f
     assert (tmp_path / "w" / "runs" / "latest").read_text().splitlines()[0] == str(run)  # the chief's pointer only
     key = hashlib.sha1(str(run).encode()).hexdigest()[:12]
     assert not (Path(tempfile.gettempdir()) / f"flowerft-worker1-{key}").exists()  # the other worker's folder is gone
-    assert_same_weights(run, one_device)
+    assert_same_weights(run, one_device, rtol=1e-5, atol=1e-7)
 
 
 def test_a_killed_worker_then_both_restarted_with_resume_finish_the_run(folder, tmp_path):

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import one_line_error
+from helpers import error_of
 from typer.testing import CliRunner
 
 from flowerft.cli import app
@@ -63,10 +63,6 @@ def test_evaluate_without_arguments_uses_the_latest_run(trained_run, monkeypatch
     report = json.loads((trained_run / "evaluation_valid_final.json").read_text())
     assert report["examples"] == 6 and report["checkpoint"] == "checkpoints/final.keras"
     assert (trained_run / "confusion_matrix_valid_final.png").is_file()
-
-
-def error_of(args):
-    return one_line_error(runner.invoke(app, args))
 
 
 def test_evaluate_errors(tmp_path, trained_run, monkeypatch):

@@ -11,13 +11,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import (
+from helpers import (
     BASE_KERNELS,
     HEAD_KERNEL,
     assert_differ,
+    assert_same_weights,
     assert_trained,
-    make_image_folder,
     named_weights,
+    optimizer_state,
+    stop_after,
     tiny_base_under_head,
 )
 
@@ -29,45 +31,17 @@ from flowerft.training import checkpoints, session
 EPOCHS_HEAD, EPOCHS_FINETUNE = 2, 2
 
 
-class StopAfter(keras.callbacks.Callback):
-    """Ctrl-C at the end of global epoch `epoch` (1-based), after that epoch's state is saved."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            self.optimizer = optimizer_state(self.model)
-            self.weights = named_weights(self.model)  # what the resumed run starts from
-            raise KeyboardInterrupt
-
-
-def optimizer_state(model):
-    momentums = [v.numpy() for v in model.optimizer.variables if "momentum" in v.path]
-    return int(model.optimizer.iterations.numpy()), momentums
-
-
 def config(folder, run, cache):
     return make_config(data_dir=str(folder), weights="none", backbone="mobilenet", image_size=32, batch_size=4,
                        epochs_head=EPOCHS_HEAD, epochs_finetune=EPOCHS_FINETUNE, cache=cache, run_dir=str(run),
                        shuffle_buffer=8, tensorboard=False)  # a buffer smaller than the data: order depends on it
 
 
-def final_weights(run):
-    return keras.saving.load_model(run / "checkpoints" / "final.keras", compile=False).get_weights()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def tiny():
-    """A base that learns in a few steps (conftest.tiny_base): a lost base or momentum shows in its weights."""
+    """A base that learns in a few steps (helpers.tiny_base): a lost base or momentum shows in its weights."""
     with tiny_base_under_head():
         yield
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("exact") / "flowers", per_class=8)
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +74,14 @@ def test_a_run_stopped_in_each_phase_and_resumed_ends_with_the_same_weights(fold
     # Stopped after head epoch 1 (cached features: the head trains on them) and after the
     # first fine-tune epoch, resumed each time in a fresh model as a new process would.
     for stop, moving in ((1, [HEAD_KERNEL]), (EPOCHS_HEAD + 1, [HEAD_KERNEL, *BASE_KERNELS])):
-        stopper = StopAfter(stop)
+        stopper = stop_after(stop)
         with pytest.raises(Interrupted):
             session.run(config(folder, run, cache), callbacks=lambda phase, c: [stopper], resume=stop > 1)
         # Where the resume starts is far from where the run ends: the epochs left must really run.
         assert_differ(stopper.weights, end, moving)
     result = session.run(config(folder, run, cache), resume=True)
 
-    for a, b in zip(final_weights(reference), final_weights(run), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_weights(reference, run)
     rows = lambda path: json.loads((path / "history.json").read_text())  # noqa: E731
     assert rows(run) == rows(reference)  # every epoch once, with the same losses and accuracies
     assert result.metrics["best_checkpoint"] == reference_metrics["best_checkpoint"]
@@ -117,7 +90,7 @@ def test_a_run_stopped_in_each_phase_and_resumed_ends_with_the_same_weights(fold
 
 def test_the_resumed_optimizer_has_the_step_count_and_momentum_it_stopped_with(folder, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    stop = StopAfter(EPOCHS_HEAD + 1)
+    stop = stop_after(EPOCHS_HEAD + 1)
     with pytest.raises(Interrupted):
         session.run(config(folder, run, "memory"), callbacks=lambda phase, c: [stop])
     loaded = []
@@ -157,7 +130,7 @@ def test_each_epoch_order_is_a_function_of_seed_and_epoch():
 def test_the_best_checkpoint_is_tracked_across_a_resume(folder, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
-        session.run(config(folder, run, "memory"), callbacks=lambda phase, c: [StopAfter(EPOCHS_HEAD + 1)])
+        session.run(config(folder, run, "memory"), callbacks=lambda phase, c: [stop_after(EPOCHS_HEAD + 1)])
     best = run / "checkpoints" / "finetune_best.keras"
     saved, recorded = best.read_bytes(), checkpoints.Progress.load(run).best_val_accuracy
 

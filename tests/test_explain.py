@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import one_line_error
+from helpers import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 

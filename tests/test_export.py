@@ -8,7 +8,6 @@ a third, where float16's rounding may pick either of two near-equal classes).
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import make_image_folder, one_line_error
+from helpers import make_image_folder, one_line_error, working_directory
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -38,9 +37,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     folder = make_image_folder(root / "flowers", per_class=12)
     run = root / "runs" / "resnet"
-    previous = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_directory(root):
         result = runner.invoke(app, [
             "train", "--data-dir", str(folder), "--weights", "none", "--backbone", "resnet50",
             "--image-size", str(SIZE), "--batch-size", "8", "--epochs-head", "3", "--lr-head", "0.1",
@@ -48,8 +45,6 @@ def exported(tmp_path_factory):
         ])
         assert result.exit_code == 0, result.output
         result = runner.invoke(app, ["export", "--run-dir", str(run)])
-    finally:
-        os.chdir(previous)
     assert result.exit_code == 0, result.output
     return run, result.output
 

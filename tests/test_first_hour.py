@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_image_folder, one_line_error
+from helpers import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app

@@ -4,7 +4,7 @@ from the first epoch (a frozen random base passes almost no signal, so the old r
 import keras
 import numpy as np
 import pytest
-from conftest import make_image, make_image_folder
+from helpers import make_image, make_image_folder
 
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError

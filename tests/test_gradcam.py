@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_base
+from helpers import tiny_base
 from PIL import Image
 
 from flowerft import model as model_module

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import time
 
 import numpy as np
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 datasets = pytest.importorskip("datasets")  # in the test extra; the `hf` extra for users
 
-from conftest import make_image, one_line_error  # noqa: E402
+from helpers import closed_port, make_image, one_line_error  # noqa: E402
 from source_runs import train_resume_evaluate_report  # noqa: E402
 
 from flowerft.cli import app  # noqa: E402
@@ -74,12 +73,6 @@ def test_rows_whose_image_does_not_decode_are_skipped_and_named(tmp_path):
     datasets.concatenate_datasets([ds, broken]).save_to_disk(str(tmp_path / "hf"))
     splits = sources.load(make_config(hf_dataset=str(tmp_path / "hf")))
     assert splits.skipped == ["train#30"] and sum(splits.sizes.values()) == 30
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_hub_name_without_network_fails_fast_in_one_line(monkeypatch):

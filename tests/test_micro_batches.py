@@ -2,17 +2,16 @@
 
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_trained, make_image_folder, tiny_base
+from helpers import assert_same_weights, assert_trained, save_tiny_pretrained
 
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError
-from flowerft.model import learning_rate_schedule
 from flowerft.training import session
 from flowerft.training.micro_batches import PerBatchSchedule, split_batches
+from flowerft.training.optimizer import learning_rate_schedule
 
 
 def config(folder, run, **values):
@@ -23,20 +22,10 @@ def config(folder, run, **values):
     # and loads it).
     pretrained = folder.parent / "pretrained.weights.h5"
     if not pretrained.exists():
-        keras.utils.set_random_seed(7)
-        tiny_base(32).save_weights(pretrained)
+        save_tiny_pretrained(pretrained)
     return make_config(data_dir=str(folder), weights=str(pretrained), backbone="mobilenet", image_size=32, batch_size=4,
                        epochs_head=1, epochs_finetune=2, lr_finetune=0.05, decay_finetune=0.3, clipnorm=0.05,
                        run_dir=str(run), shuffle_buffer=8, tensorboard=False, **values)
-
-
-def weights(run, name="final"):
-    return keras.saving.load_model(run / "checkpoints" / f"{name}.keras", compile=False).get_weights()
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("micro") / "flowers", per_class=8)
 
 
 def test_micro_batches_end_with_the_weights_of_whole_batches(folder, tmp_path, tiny_backbone):
@@ -44,8 +33,7 @@ def test_micro_batches_end_with_the_weights_of_whole_batches(folder, tmp_path, t
     session.run(config(folder, tmp_path / "micro", micro_batch=2))
     assert whole.metrics["split_sizes"]["train"] % 4 != 0  # the short last batch is exercised
     assert_trained(tmp_path / "whole")  # the base and the head learned: equal weights mean something
-    for a, b in zip(weights(tmp_path / "whole"), weights(tmp_path / "micro"), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert_same_weights(tmp_path / "whole", tmp_path / "micro", rtol=1e-4, atol=1e-5)
     val_loss = lambda run: [row["val_loss"] for row in json.loads((run / "history.json").read_text())]  # noqa: E731
     assert val_loss(tmp_path / "micro") == pytest.approx(val_loss(tmp_path / "whole"), rel=1e-4)
 

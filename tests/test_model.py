@@ -9,16 +9,10 @@ import pytest
 from flowerft.backbones.registry import get_backbone
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, OfflineError
-from flowerft.model import (
-    all_layers,
-    build_model,
-    compile_for_phase,
-    freeze_base,
-    learning_rate_schedule,
-    make_base,
-    unfreeze_base,
-)
+from flowerft.layer_tree import all_layers
+from flowerft.model import build_model, freeze_base, make_base, unfreeze_base
 from flowerft.training.callbacks import DivergenceGuard
+from flowerft.training.optimizer import compile_for_phase, learning_rate_schedule
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 71, 71, 3)).astype("float32")
 PIXELS[0, 0, :3, :] = [[0, 0, 0], [255, 255, 255], [127, 128, 1]]

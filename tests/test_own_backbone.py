@@ -11,14 +11,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_image_folder, one_line_error
+from helpers import make_image_folder, one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
 from flowerft.cli import app
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, OfflineError
-from flowerft.model import all_layers, build_model, unfreeze_base
+from flowerft.layer_tree import all_layers
+from flowerft.model import build_model, unfreeze_base
 from flowerft.reporting import gradcam
 
 SIZE = 32

@@ -5,8 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import assert_trained, make_image_folder, tiny_base
-from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
+from helpers import assert_trained, checkpoint_weights, stop_after, tiny_base, tiny_base_under_head
 
 from flowerft.config_files import make_config
 from flowerft.errors import ConfigError, Interrupted
@@ -21,22 +20,9 @@ def config(folder, run, **values):
     ) | values))
 
 
-def weights(run, name="final"):
-    model = keras.saving.load_model(run / "checkpoints" / f"{name}.keras", compile=False)
-    return {v.path: v.numpy() for v in model.weights}
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("partial") / "flowers", per_class=8)
-
-
 def train_tiny(config, **options):
     """session.run with the tiny base under the head (module-scoped fixtures cannot use monkeypatch)."""
-    from flowerft import model
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model, "make_base", lambda backbone, image_size, weights: tiny_base(image_size))
+    with tiny_base_under_head():
         return session.run(config, **options)
 
 
@@ -56,7 +42,7 @@ def cached(folder, tmp_path_factory):
 
 
 def assert_same_training(run, reference, tolerance):
-    a, b = weights(reference), weights(run)
+    a, b = checkpoint_weights(reference), checkpoint_weights(run)
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=tolerance, atol=tolerance / 10, err_msg=name)
@@ -68,7 +54,7 @@ def test_cached_activations_give_the_weights_of_the_plain_loop(plain, cached):
     # First, that there is something to compare: the head and the blocks above the cut learned;
     # block 1 (below the cut) and every BatchNorm did not.
     assert_trained(plain, base_kernels=("block2_conv/kernel", "block3_conv/kernel"))
-    reference, head = weights(plain), weights(plain, "head_best")
+    reference, head = checkpoint_weights(plain), checkpoint_weights(plain, "head_best")
     moved = {name for name in reference if np.abs(reference[name] - head[name]).max() > 1e-4}
     assert {"block2_conv/kernel", "block3_conv/kernel", "predictions/kernel"} <= moved
     assert not any(name.startswith("block1_") or "_bn/" in name for name in moved)
@@ -90,7 +76,7 @@ def test_activations_too_large_for_memory_go_to_a_file_cache(folder, tmp_path, c
 def test_a_cached_partial_run_stopped_mid_fine_tune_resumes_to_the_same_weights(folder, tmp_path, cached):
     run = tmp_path / "run"
     with pytest.raises(Interrupted):  # after fine-tune epoch 1 of 2
-        train_tiny(config(folder, run), callbacks=lambda phase, c: [StopAfter(2)])
+        train_tiny(config(folder, run), callbacks=lambda phase, c: [stop_after(2)])
     train_tiny(config(folder, run), resume=True)
     assert_same_training(run, cached, 1e-6)
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, tiny_base_under_head
+from helpers import make_image_folder, tiny_base_under_head
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,7 +21,7 @@ RGB = RNG.integers(0, 256, (50, 40, 3), dtype=np.uint8)
 
 @pytest.fixture(scope="module")
 def sensitive_run(tmp_path_factory):
-    """A run whose outputs follow its inputs: conftest's tiny base, trained 2 + 2 epochs.
+    """A run whose outputs follow its inputs: helpers' tiny base, trained 2 + 2 epochs.
 
     trained_run's random Xception maps every image to nearly the same probabilities, so any
     preprocessing would match its evaluation to 1e-6.

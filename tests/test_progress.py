@@ -4,6 +4,7 @@ import io
 import re
 
 import pytest
+from helpers import FakeTime
 from rich.console import Console
 
 from flowerft.cli.progress_display import training_display
@@ -13,14 +14,6 @@ from flowerft.config_files import make_config
 from flowerft.training.summary import PhaseResult, summarize
 
 TIME = re.compile(r"\d:\d\d:\d\d")
-
-
-class FakeTime:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
 
 
 def test_run_clock_waits_for_fine_tuning_before_giving_an_eta():
@@ -142,7 +135,7 @@ def test_a_redirected_train_log_gets_each_epoch_as_it_ends(tmp_path):
     import subprocess
     import sys
 
-    from conftest import make_image_folder
+    from helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "flowers", per_class=8)
     # Xception: each fine-tuning epoch takes seconds (and saves 80 MB of state), so the two epochs

@@ -2,14 +2,13 @@
 
 import json
 import os
-import socket
 import time
 
 import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import make_image_folder, one_line_error, tiny_base_under_head
+from helpers import closed_port, make_image_folder, one_line_error, stop_after, tiny_base_under_head, working_directory
 from typer.testing import CliRunner
 
 from flowerft import model as model_module
@@ -26,16 +25,11 @@ TRAIN = ["--weights", "none", "--backbone", "mobilenet", "--image-size", "32", "
 
 @pytest.fixture(scope="module")
 def latest(tmp_path_factory):
-    """A folder whose runs/latest names one small finished run (conftest's tiny base), and that run."""
+    """A folder whose runs/latest names one small finished run (helpers' tiny base), and that run."""
     root = tmp_path_factory.mktemp("latest")
     folder = make_image_folder(root / "flowers", per_class=10)
-    previous = os.getcwd()
-    os.chdir(root)  # runs/latest is written under the working directory
-    try:
-        with tiny_base_under_head():
-            result = runner.invoke(app, ["train", "--data-dir", str(folder), *TRAIN, "--distribute", "auto"])
-    finally:
-        os.chdir(previous)
+    with working_directory(root), tiny_base_under_head():  # runs/latest is written under the working directory
+        result = runner.invoke(app, ["train", "--data-dir", str(folder), *TRAIN, "--distribute", "auto"])
     assert result.exit_code == 0, result.output
     run = root / "runs" / (root / "runs" / "latest").read_text().splitlines()[0].rsplit("/", 1)[-1]
     return root, run, result.output
@@ -83,8 +77,6 @@ def test_export_of_the_final_checkpoint_into_another_folder(latest, tmp_path):
 
 
 def test_resume_after_the_data_folder_moved_names_the_missing_files_and_works_once_it_is_back(tmp_path):
-    from test_exact_resume import StopAfter  # Ctrl-C at the end of an epoch, after its state is saved
-
     from flowerft.config_files import make_config
     from flowerft.errors import Interrupted
     from flowerft.training import session
@@ -94,7 +86,7 @@ def test_resume_after_the_data_folder_moved_names_the_missing_files_and_works_on
     config = make_config(data_dir=str(folder), weights="none", backbone="mobilenet", image_size=32, batch_size=4,
                          epochs_head=1, epochs_finetune=1, run_dir=str(run), tensorboard=False)
     with tiny_base_under_head(), pytest.raises(Interrupted):
-        session.run(config, callbacks=lambda phase, c: [StopAfter(1)])
+        session.run(config, callbacks=lambda phase, c: [stop_after(1)])
     folder.rename(tmp_path / "elsewhere")
     message = one_line_error(runner.invoke(app, ["train", "--resume", "--run-dir", str(run)]))
     assert "files recorded in" in message and "are missing" in message and str(folder) in message
@@ -120,12 +112,6 @@ def test_the_legacy_keras_2_h5_weights_file_loads(tmp_path):
     assert len(weights) == len(source.get_weights())
     for a, b in zip(source.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_imagenet_weights_that_cannot_download_are_an_offline_error(tmp_path, monkeypatch):

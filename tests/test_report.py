@@ -7,7 +7,7 @@ import shutil
 from html.parser import HTMLParser
 
 import pytest
-from conftest import one_line_error
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import yaml
-from conftest import make_image_folder, one_line_error
+from helpers import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app

@@ -8,7 +8,7 @@ import sys
 import time
 
 import yaml
-from conftest import make_image_folder, one_line_error
+from helpers import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import yaml
-from conftest import one_line_error
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app

@@ -10,8 +10,7 @@ import keras
 import numpy as np
 import pytest
 import yaml
-from conftest import make_image_folder
-from test_exact_resume import StopAfter
+from helpers import stop_after
 
 from flowerft.config import to_dict
 from flowerft.config_files import make_config
@@ -25,11 +24,10 @@ def config(folder, run):
 
 
 @pytest.fixture(scope="module")
-def stopped_in_the_head_phase(tmp_path_factory):
-    folder = make_image_folder(tmp_path_factory.mktemp("small") / "flowers", per_class=8)
+def stopped_in_the_head_phase(folder, tmp_path_factory):
     run = tmp_path_factory.mktemp("small") / "run"
     with pytest.raises(Interrupted):
-        session.run(config(folder, run), callbacks=lambda phase, c: [StopAfter(2)])
+        session.run(config(folder, run), callbacks=lambda phase, c: [stop_after(2)])
     return folder, run
 
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, make_image_folder, one_line_error
+from helpers import CLASSES, make_image_folder, one_line_error
 from source_runs import train_resume_evaluate_report
 from typer.testing import CliRunner
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import HEAD_KERNEL, MOVED, assert_differ, make_image_folder, named_weights
+from helpers import HEAD_KERNEL, MOVED, assert_differ, named_weights
 
 from flowerft.config_files import make_config
 from flowerft.data import pipelines, sources
@@ -14,8 +14,8 @@ from flowerft.training import recipe, session
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("speed") / "f", per_class=10)
+def folder(image_folders):
+    return image_folders(per_class=10)
 
 
 def config_for(folder, **overrides):
@@ -120,7 +120,7 @@ def test_mixed_precision_run_keeps_a_float32_output(folder, tmp_path):
 
 
 def test_jit_compile_is_off_unless_asked():
-    from flowerft.model import compile_for_phase
+    from flowerft.training.optimizer import compile_for_phase
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
     compile_for_phase(model, lr=0.1, decay=0.0, momentum=0.9, clipnorm=None)

@@ -3,12 +3,10 @@ temp data dir by TFDS's real download_and_prepare (real split files, real slicin
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import make_image, one_line_error
+from helpers import closed_port, make_image, one_line_error
 from source_runs import train_resume_evaluate_report
 from typer.testing import CliRunner
 
@@ -129,12 +127,6 @@ def test_an_unprepared_dataset_probes_the_network_and_fails_fast_offline(tmp_pat
     line = one_line_error(result)
     assert "cannot download flowerft_tiny_colours" in line and "--tfds-data-dir" in line
     assert not (tmp_path / "empty" / "flowerft_tiny_colours").exists()  # nothing half-prepared
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_tfds_dataset_trains_resumes_evaluates_and_reports(tfds_dir, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import make_image
+from helpers import make_image
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -10,7 +10,7 @@ import time
 import keras
 import pytest
 import yaml
-from conftest import make_image_folder, one_line_error
+from helpers import make_image_folder, one_line_error
 from typer.testing import CliRunner
 
 from flowerft.cli import app

@@ -136,7 +136,7 @@ def test_tfds_run_end_to_end_under_mock_data(tmp_path, monkeypatch):
 
 
 def test_cosine_warm_up_and_label_smoothing_run_end_to_end(tmp_path):
-    from conftest import make_image_folder
+    from helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "flowers", per_class=8)
     config = make_config(

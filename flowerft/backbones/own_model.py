@@ -28,10 +28,6 @@ SCALING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
 
 def load_base(config: Config) -> tuple[str, keras.Model, str]:
     """(the pixel scaling to put before it, the base, a name for the classifier)."""
-    from flowerft.backbones import hub_presets
-
-    if hub_presets.is_preset(config.backbone):
-        return hub_presets.load_base(config)
     path = Path(config.backbone).expanduser()
     model = load_file(path)
     base = cut_below_top(model, config.backbone_layer, str(path))
@@ -101,7 +97,7 @@ def check_image_size(base: keras.Model, image_size: int, where: str) -> None:
 
 def own_scaling_layer(model: keras.Model) -> str | None:
     """The name of the model's pixel scaling layer, if one comes before its first weights."""
-    from flowerft.model import all_layers
+    from flowerft.layer_tree import all_layers
 
     for layer in all_layers(model):
         if isinstance(layer, SCALING_LAYERS) or layer.name == "pixel_scaling":

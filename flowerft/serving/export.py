@@ -36,7 +36,8 @@ from flowerft.config import (
 )
 from flowerft.data import image_io, pipelines, sources, splitting
 from flowerft.errors import FlowerftError, first_line
-from flowerft.model import all_layers, build_model
+from flowerft.layer_tree import all_layers
+from flowerft.model import build_model
 from flowerft.runs import layout, loader, source_record
 from flowerft.serving import export_checks, model_card
 from flowerft.serving.predictors import (

@@ -14,7 +14,8 @@ import keras
 from flowerft.backbones.registry import block_starts, get_backbone, is_own
 from flowerft.config import Config
 from flowerft.errors import ConfigError
-from flowerft.model import all_layers, batchnorm_learns, unfreeze_base
+from flowerft.layer_tree import all_layers
+from flowerft.model import batchnorm_learns, unfreeze_base
 
 
 def is_partial(config: Config) -> bool:

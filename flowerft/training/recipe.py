@@ -16,11 +16,12 @@ import tensorflow as tf
 
 from flowerft.config import Config
 from flowerft.errors import FlowerftError
-from flowerft.model import compile_for_phase, freeze_base
+from flowerft.model import freeze_base
 from flowerft.runs import layout
 from flowerft.training import cached, checkpoints, distribute, micro_batches, partial_finetune
 from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
 from flowerft.training.checkpoints import Progress
+from flowerft.training.optimizer import compile_for_phase
 from flowerft.training.summary import PhaseResult
 
 HEAD, FINETUNE = "head", "finetune"

@@ -135,7 +135,7 @@ def test_a_classifier_file_trains_evaluates_exports_and_reports(classifier_run):
 
 def test_a_classifier_file_run_is_explained_at_its_base_last_feature_map(classifier_run, tmp_path):
     """The base is the classifier cut at its pooling (rank 2): the map is inside it, before its avg_pool."""
-    from flowerft.evaluate import checkpoint_path, load_model
+    from flowerft.runs.loader import checkpoint_path, load_model
 
     image = json.loads((classifier_run / "splits.json").read_text())["test"][0][0]
     result = CliRunner().invoke(app, ["explain", image, "--run-dir", str(classifier_run), "--output", str(tmp_path),

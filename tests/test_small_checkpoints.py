@@ -92,3 +92,12 @@ def test_a_run_killed_while_its_run_dir_was_started_is_started_again_by_resume(s
     result = session.run(resumed, notify=messages.append, resume=True)
     assert any("was stopped before its training began: starting it again" in m for m in messages)
     assert result.metrics["phases"]["head"]["epochs_run"] == 1
+
+
+def test_final_keras_is_the_best_checkpoints_file_not_a_second_copy(tmp_path):
+    source, final = tmp_path / "finetune_best.keras", tmp_path / "final.keras"
+    source.write_bytes(b"the model")
+    final.write_bytes(b"an older final")  # replaced whole, as every write in a run dir is
+    checkpoints.copy_atomic(source, final)
+    assert final.read_bytes() == b"the model" and final.samefile(source)  # one file, two names: no 84 MB written twice
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []

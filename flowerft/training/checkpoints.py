@@ -87,8 +87,17 @@ def save_model_atomic(model: keras.Model, path: Path) -> None:
 
 
 def copy_atomic(source: Path, path: Path) -> None:
+    """`path` with `source`'s contents, all or nothing: a hard link where the file system has them.
+
+    Every write in a run dir renames a new file into place and none edits one, so two names
+    for one file never see each other change; the link saves writing 84 MB (Xception) again.
+    """
     tmp = path.with_name(f".tmp-{path.name}")
-    shutil.copyfile(source, tmp)
+    tmp.unlink(missing_ok=True)  # a kill between the link and the rename left it
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here (some network and FAT file systems)
+        shutil.copyfile(source, tmp)
     os.replace(tmp, path)
 
 

@@ -45,23 +45,30 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, values
 
 
-def subset_folder(source: Path, per_class: int, target: Path) -> Path:
-    """The first `per_class` images of each class of `source`, linked into `target`."""
+def subset_folder(source: Path, target: Path, per_class: int | None = None, fraction: float = 1.0) -> Path:
+    """The first `per_class` images (or the first `fraction`) of each class of `source`, linked into `target`.
+
+    A fraction keeps the classes' proportions: half of the long-tail set is still 16x from largest to smallest.
+    """
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         (target / folder.name).mkdir(parents=True)
-        for image in sorted(folder.iterdir())[:per_class]:
+        images = sorted(folder.iterdir())
+        for image in images[:per_class or round(len(images) * fraction)]:
             (target / folder.name / image.name).symlink_to(image.resolve())
     return target
 
 
-def test_accuracy(run_dir: Path, checkpoint: str | None) -> float | None:
-    """Accuracy of one checkpoint of a run on the run's recorded test split."""
+def test_scores(run_dir: Path, checkpoint: str | None) -> tuple[float | None, float | None]:
+    """Accuracy and balanced accuracy of one checkpoint of a run on the run's recorded test split."""
     if checkpoint is None:
-        return None
+        return None, None
+    from sklearn.metrics import balanced_accuracy_score
+
     from flowerft.reporting.evaluate import predict_split
 
     probabilities, labels, _ = predict_split(run_dir, run_dir / checkpoint, "test")
-    return float((probabilities.argmax(axis=1) == labels).mean())
+    predicted = probabilities.argmax(axis=1)
+    return float((predicted == labels).mean()), float(balanced_accuracy_score(labels, predicted))
 
 
 def run_one(name: str, values: dict, seed: int, common: dict, work: Path) -> dict:
@@ -76,12 +83,17 @@ def run_one(name: str, values: dict, seed: int, common: dict, work: Path) -> dic
     wall = time.perf_counter() - start
     metrics = result.metrics
     head, finetune = metrics["phases"]["head"], metrics["phases"]["finetune"]
+    head_test, head_balanced = test_scores(result.run_dir, head["checkpoint"])
+    finetune_test, finetune_balanced = test_scores(result.run_dir, finetune["checkpoint"])
+    best_test, best_balanced = test_scores(result.run_dir, metrics["best_checkpoint"])
     row = {
         "recipe": name, "seed": seed,
-        "head_val": head["best_val_accuracy"], "head_test": test_accuracy(result.run_dir, head["checkpoint"]),
-        "finetune_val": finetune["best_val_accuracy"],
-        "finetune_test": test_accuracy(result.run_dir, finetune["checkpoint"]),
-        "best_phase": metrics["best_phase"],
+        "head_val": head["best_val_accuracy"], "head_test": head_test, "head_balanced": head_balanced,
+        "finetune_val": finetune["best_val_accuracy"], "finetune_test": finetune_test,
+        "finetune_balanced": finetune_balanced, "best_phase": metrics["best_phase"],
+        "best_test": best_test, "best_balanced": best_balanced,
+        "lr_finetune": metrics.get("lr_finetune"),
+        "epochs_run": head["epochs_run"] + finetune["epochs_run"],
         "diverged": finetune["stopped_because"] or head["stopped_because"],
         "wall_s": round(wall, 1),
     }
@@ -93,31 +105,31 @@ def pct(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def print_table(rows: list[dict]) -> None:
-    print("| recipe | seed | head val | head-only test | fine-tuned val | fine-tuned test | best checkpoint (test) "
-          "| fine-tuning diverged | wall time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| recipe | seed | head-only test | fine-tuned test | best checkpoint: test acc | balanced acc "
+          "| fine-tune lr | epochs run | diverged | wall time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        best = r["finetune_test"] if r["best_phase"] == "finetune" else r["head_test"]
-        print(f"| {r['recipe']} | {r['seed']} | {pct(r['head_val'])} | {pct(r['head_test'])} | {pct(r['finetune_val'])} "
-              f"| {pct(r['finetune_test'])} | {r['best_phase'] or '-'} ({pct(best)}) | {'yes' if r['diverged'] else 'no'} "
+        print(f"| {r['recipe']} | {r['seed']} | {pct(r['head_test'])} | {pct(r['finetune_test'])} "
+              f"| {r['best_phase'] or '-'} {pct(r.get('best_test'))} | {pct(r.get('best_balanced'))} "
+              f"| {r.get('lr_finetune') or '-'} | {r.get('epochs_run', '-')} | {'yes' if r['diverged'] else 'no'} "
               f"| {r['wall_s'] / 60:.1f} min |")
     print()
-    print("| recipe | mean head-only test error | mean test error of the best checkpoint | "
-          "fine-tuned / head-only test error, per seed | runs whose fine-tuning diverged |")
-    print("|---|---|---|---|---|")
+    print("| recipe | runs | mean test accuracy (best checkpoint) | mean balanced accuracy | min-max test accuracy "
+          "| mean wall time | runs whose fine-tuning diverged |")
+    print("|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["recipe"] for r in rows):
         mine = [r for r in rows if r["recipe"] == name]
-        head = [1 - r["head_test"] for r in mine]
-        best = [1 - (r["finetune_test"] if r["best_phase"] == "finetune" else r["head_test"]) for r in mine]
-        ratios = [
-            f"{(1 - r['finetune_test']) / (1 - r['head_test']):.2f}"
-            if r["finetune_test"] is not None and r["head_test"] != 1.0 else "-"
-            for r in mine
-        ]
+        tests = [r.get("best_test") for r in mine if r.get("best_test") is not None]
+        spread = f"{pct(min(tests))}-{pct(max(tests))}" if tests else "-"
         diverged = sum(1 for r in mine if r["diverged"])
-        print(f"| {name} | {pct(sum(head) / len(head))} | {pct(sum(best) / len(best))} | {' '.join(ratios)} "
-              f"| {diverged} of {len(mine)} |")
+        print(f"| {name} | {len(mine)} | {pct(mean(tests))} | {pct(mean(r.get('best_balanced') for r in mine))} "
+              f"| {spread} | {mean(r['wall_s'] for r in mine) / 60:.1f} min | {diverged} of {len(mine)} |")
 
 
 def main() -> None:
@@ -134,6 +146,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="a recipe variant (repeatable), e.g. 'ls0:label_smoothing=0'")
     parser.add_argument("--per-class", type=int, help="use only the first N images of each class")
+    parser.add_argument("--fraction", type=float, default=1.0, help="use only the first FRACTION of each class's images")
     parser.add_argument("--work-dir", type=Path, help="keep the runs here (default: a temporary folder, removed)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -144,8 +157,9 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="flowerft-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     data_dir = args.data_dir
-    if args.per_class:
-        data_dir = subset_folder(args.data_dir, args.per_class, work / f"first-{args.per_class}-per-class")
+    if args.per_class or args.fraction < 1:
+        data_dir = subset_folder(args.data_dir, work / f"subset-{args.per_class or args.fraction}", args.per_class,
+                                 args.fraction)
     common = dict(
         data_dir=str(data_dir), weights=args.weights, backbone=args.backbone, image_size=args.image_size,
         batch_size=args.batch_size, epochs_head=args.epochs_head, epochs_finetune=args.epochs_finetune,
@@ -161,6 +175,8 @@ def main() -> None:
         for name, values in recipes:
             rows.append(run_one(name, values, seed, common, work))
             print(json.dumps(rows[-1]), flush=True)
+            if args.json:  # as it goes: a long measurement stopped halfway keeps its rows
+                args.json.write_text(json.dumps(rows, indent=2))
     print()
     print_table(rows)
     if args.json:

@@ -22,6 +22,15 @@ SCHEDULES = ("cosine", "inverse_time")
 # "mixed" is what the older `mixed_precision: true` meant; runs that recorded it still read (config_files.py).
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "mixed")
 TRACKERS = ("none", "mlflow")
+# The validation score that picks each phase's best checkpoint (and that --patience watches):
+# Keras's log key, and whether higher is better (training/scores.py).
+MONITORS = {"accuracy": ("val_accuracy", True), "balanced_accuracy": ("val_balanced_accuracy", True),
+            "loss": ("val_loss", False)}
+CLASS_WEIGHTS = ("none", "balanced")
+# The value of lr_finetune that means "found by a learning-rate sweep between the phases" (training/lr_find.py).
+AUTO = "auto"
+# The key of a run's config.yaml that holds the rate it found (read back on resume, never a Config field).
+FOUND_RATE = "lr_finetune_found"
 
 # Named recipes: the values each one sets, between the dataclass defaults and a config file.
 # "flowerft" is the dataclass itself (see the comments there for why each value).
@@ -109,7 +118,9 @@ class Config:
     # Phase 2: unfreeze and fine-tune with a fresh optimizer. The book's 0.01 is too high for
     # SGD+momentum on a pretrained base with BatchNorm frozen: it undoes ImageNet's features.
     epochs_finetune: int = 10
-    lr_finetune: float = 0.001
+    # "auto": a learning-rate range test between the phases picks it (training/lr_find.py); the rate
+    # found is recorded in the run's config.yaml (lr_finetune_found) and metrics.json, and a resume reuses it.
+    lr_finetune: float | str = 0.001
     decay_finetune: float = 0.001
     momentum: float = 0.9
     # "inverse_time": the book's per-step lr / (1 + decay * step); "cosine": each phase's rate
@@ -126,6 +137,18 @@ class Config:
     # A phase stops (and goes back to its best weights) when its loss is NaN/inf or this many
     # times its first batch's loss: a diverging run only destroys what it had learned.
     divergence_factor: float = 100.0
+    # The validation score that picks each phase's best checkpoint: accuracy, balanced_accuracy (the
+    # mean of the per-class recalls: what an imbalanced data set needs) or loss.
+    monitor: str = "accuracy"
+    # Early stopping: a phase ends after this many epochs without a better monitored score (by more
+    # than min_delta), and goes on from its best weights. null (or 0): every planned epoch runs.
+    patience: int | None = None
+    min_delta: float = 0.0
+    # "balanced": each training image's loss weighted by n / (classes x its class's count), sklearn's
+    # inverse frequency, so that every class counts as much in the gradient; "none": all alike.
+    class_weight: str = "none"
+    # The learning-rate sweep's number of steps (lr_finetune: auto, `flowerft lr-find`): fastai's 100.
+    lr_find_steps: int = 100
 
     # Fine-tune only the base's top: its last N blocks (0: the whole base, like the book), or from
     # the named layer of the base up. The frozen part's activations are then computed once
@@ -166,45 +189,7 @@ class Config:
         _check_values(self)
 
 
-# The defaults and limits below are not part of a run, but a user meets them (as an option's
-# default, in --help, in a table's caption or an error), so they live here with the run's.
-
-# --- `flowerft export` (an export reads the run and writes beside it) ---
-EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
-# A float format (SavedModel, float32, float16 TFLite) may round a near-tie the other way, no more:
-# top-1 answers differing from the .keras model's on over 0.5% of test images mean a broken export.
-MAX_FLOAT_DISAGREEMENT = 0.005
-# Batch-1 latency is the mean over this many test images (after warm-up calls), not the whole split.
-LATENCY_IMAGES = 100
-
-# --- tracking (flowerft/training/tracking.py) ---
-# The experiment runs are logged to, unless MLFLOW_EXPERIMENT_NAME names another (MLflow's own variable).
-MLFLOW_EXPERIMENT = "flowerft"
-# The default store, in runs_root: a real SQLite database that `mlflow ui --backend-store-uri` opens.
-MLFLOW_DATABASE = "mlflow.db"
-
-
-def chosen_formats(fmt: str) -> tuple[str, ...]:
-    """The export formats `--format` names (all of them for "all")."""
-    if fmt == "all":
-        return EXPORT_FORMATS
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)} or all, got {fmt!r}")
-    return (fmt,)
-
-
-# --- `flowerft serve` ---
-# TF Serving's REST port and the model name of the README's TF Serving example, so that a client
-# moves between the two unchanged.
-SERVE_HOST, SERVE_PORT, SERVE_MODEL_NAME = "127.0.0.1", 8501, "flowerft"
-# A request's body: a dozen phone photos (3-5 MB each as JPEG, a third more as base64) fit.
-SERVE_MAX_MB = 64
-SERVE_MAX_IMAGES = 32
-# Decoded, 50 megapixels take 150 MB: a larger image (or a "decompression bomb", a small file that
-# decodes to gigabytes) is refused before it is decoded.
-SERVE_MAX_PIXELS = 50_000_000
-# How many classes POST /predict lists per image when its request gives no ?k=.
-SERVE_TOP_K = 3
+# The defaults of the other commands (export, serve, tracking): flowerft/command_defaults.py.
 
 
 FIELDS = {f.name for f in dataclasses.fields(Config)}
@@ -235,10 +220,12 @@ def _check_types(config: Config) -> None:
         value = getattr(config, name)
         if not _type_ok(value, hint):
             raise ConfigError(f"{name}: expected {_type_name(hint)}, got {value!r}")
-        if isinstance(value, int) and not isinstance(value, bool) and hint in (float, float | None):
+        if isinstance(value, int) and not isinstance(value, bool) and hint in (float, float | None, float | str):
             object.__setattr__(config, name, float(value))
     if config.clipnorm == 0:  # one spelling of "no clipping", so a resume compares like with like
         object.__setattr__(config, "clipnorm", None)
+    if config.patience == 0:  # likewise "no early stopping"
+        object.__setattr__(config, "patience", None)
 
 
 def _check_values(c: Config) -> None:
@@ -263,8 +250,17 @@ def _check_values(c: Config) -> None:
         need(getattr(c, key) >= 1, key, "must be 1 or more")
     need(c.test_percent + c.valid_percent < 100, "valid_percent",
          "test_percent + valid_percent must leave some images for training")
-    for key in ("lr_head", "lr_finetune", "divergence_factor"):
+    for key in ("lr_head", "divergence_factor"):
         need(getattr(c, key) > 0, key, "must be greater than 0")
+    if isinstance(c.lr_finetune, str):
+        need(c.lr_finetune == AUTO, "lr_finetune", f"must be a number or {AUTO}")
+    else:
+        need(c.lr_finetune > 0, "lr_finetune", "must be greater than 0 (or auto)")
+    need(c.monitor in MONITORS, "monitor", f"must be one of {', '.join(MONITORS)}")
+    need(c.patience is None or c.patience >= 0, "patience", "must be 0 or more (0 or null: no early stopping)")
+    need(c.min_delta >= 0, "min_delta", "must be 0 or more")
+    need(c.class_weight in CLASS_WEIGHTS, "class_weight", f"must be one of {', '.join(CLASS_WEIGHTS)}")
+    need(c.lr_find_steps >= 10, "lr_find_steps", "must be 10 or more")
     for key in ("decay_head", "decay_finetune"):
         need(getattr(c, key) >= 0, key, "must be 0 or more")
     need(0 <= c.momentum < 1, "momentum", "must be in [0, 1)")

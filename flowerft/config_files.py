@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowerft.backbones.registry import is_own
-from flowerft.config import DEFAULTS, FIELDS, FROM_SCRATCH, RECIPES, Config
+from flowerft.config import AUTO, DEFAULTS, FIELDS, FOUND_RATE, FROM_SCRATCH, RECIPES, Config
 from flowerft.errors import ConfigError, first_line
 
 # Read, never written: `mixed_precision: true` was the switch before `precision` had a value for it.
@@ -84,6 +84,7 @@ def given_values(yaml_path: str | Path | None = None, **overrides: Any) -> dict[
     values: dict[str, Any] = {}
     sources = [read_yaml(yaml_path) if yaml_path else {}, {k: v for k, v in overrides.items() if v is not None}]
     for source in sources:
+        source = {k: v for k, v in source.items() if k != FOUND_RATE}  # a record of the run, not a setting
         unknown = sorted(set(source) - FIELDS - {OLD_MIXED_PRECISION}, key=str)
         if unknown:
             close = difflib.get_close_matches(str(unknown[0]), FIELDS, n=1)
@@ -105,6 +106,16 @@ def _fold_mixed_precision(values: dict[str, Any]) -> dict[str, Any]:
     if switch and values.get("precision", DEFAULTS["precision"]) in ("float32", "auto"):
         values["precision"] = "mixed"
     return values
+
+
+def rate_option(text: str | None) -> float | str | None:
+    """--lr-finetune's text: a number, or auto (anything else is left for the Config's check to name)."""
+    if text is None or text.strip().lower() == AUTO:
+        return text and AUTO
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def resolve(given: dict[str, Any]) -> Config:

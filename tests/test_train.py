@@ -87,7 +87,7 @@ def test_fine_tuning_that_falls_below_the_head_is_reported_with_remedies():
     assert m["best_checkpoint"] == "checkpoints/head_best.keras"
     text = " ".join(m["warnings"])
     assert "stopped early: loss became nan" in text
-    assert "below the head phase's best 75.0%" in text and "--clipnorm 1" in text and "--lr-finetune" in text
+    assert "below the head phase's best (75.0%)" in text and "--clipnorm 1" in text and "--lr-finetune" in text
 
 
 def test_a_diverged_phase_names_the_recipe_settings_to_change():

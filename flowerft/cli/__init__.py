@@ -14,6 +14,7 @@ from flowerft.cli import (
     evaluate_command,
     explain_command,
     export_command,
+    lr_find_command,
     predict_command,
     report_command,
     runs_command,
@@ -58,6 +59,7 @@ app.command()(explain_command.explain)
 app.command()(serve_command.serve)
 app.command()(evaluate_command.evaluate)
 app.command()(export_command.export)
+app.command(name="lr-find")(lr_find_command.lr_find)
 app.command()(predict_command.predict)
 app.command()(report_command.report)
 app.command()(runs_command.runs)

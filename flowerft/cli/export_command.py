@@ -16,7 +16,7 @@ from flowerft.cli.common import (
     one_line_errors,
     pct,
 )
-from flowerft.config import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, chosen_formats
+from flowerft.command_defaults import EXPORT_FORMATS, LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT, chosen_formats
 
 
 def export(

@@ -115,7 +115,9 @@ class Display:
 
     def callbacks(self, phase: str, config) -> list[keras.callbacks.Callback]:
         """For train.run; `config` is the run's own (a resumed run's, not the command line's)."""
-        self.clock.epochs = {"head": config.epochs_head, "finetune": config.epochs_finetune}
+        if phase == "head" or not self.clock.epochs:  # the head phase may have ended early: keep what it ran
+            self.clock.epochs = {"head": config.epochs_head, "finetune": config.epochs_finetune}
+        self.clock.at_most = bool(config.patience)
         self.config = config
         if self.progress is not None:  # "finetune 10/100" must fit whole
             widest = max(len(f"{p} {n}/{n}") for p, n in self.clock.epochs.items())
@@ -133,7 +135,7 @@ class Display:
 
     def update_run(self) -> None:
         if self.progress is not None:
-            note = self.clock.waiting() or ""
+            note = self.clock.waiting() or ("ETA at most: --patience may end sooner" if self.clock.at_most else "")
             self.progress.update(self.run_task, total=self.clock.total, completed=self.clock.epochs_done,
                                  eta=self.clock.eta(), note=HEAD_NO_ETA_SHORT if note == HEAD_NO_ETA else note)
 
@@ -197,6 +199,12 @@ class EpochProgress(keras.callbacks.Callback):
         self.display.check_cost()
         if self.task is not None:
             self.display.progress.update(self.task, advance=1, metrics=metric_pairs(logs or {}))
+            self.display.update_run()
+
+    def on_train_end(self, logs=None):
+        planned = self.display.clock.epochs[self.phase]
+        if self.model.stop_training and getattr(self, "number", planned) < planned:
+            self.display.clock.end_phase_early(self.phase, self.number)
             self.display.update_run()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -50,6 +50,7 @@ class RunClock:
         self.epoch_seconds: dict[str, float] = {}  # measured, validation included
         self.epoch_start = self.started
         self.in_epoch = False
+        self.at_most = False  # --patience may end a phase early: the ETA is then an upper bound
 
     @property
     def total(self) -> int:
@@ -74,6 +75,10 @@ class RunClock:
         self.epoch_seconds[self.phase] = self.now() - self.epoch_start
         self.epochs_done += 1
         self.step, self.in_epoch = 0, False
+
+    def end_phase_early(self, phase: str, epochs_run: int) -> None:
+        """A phase ended before its planned epochs (early stopping, divergence): the run is that much shorter."""
+        self.epochs[phase] = epochs_run
 
     def seconds_per_step(self) -> float | None:
         if self.first_step_end is None or not self.steps_timed:
@@ -112,7 +117,7 @@ class RunClock:
         """The run's epochs and ETA; why there is no ETA yet, unless that is `said` already."""
         eta = self.eta()
         if eta is not None:
-            return f"run {self.epochs_done}/{self.total} epochs, ETA {clock(eta)}"
+            return f"run {self.epochs_done}/{self.total} epochs, ETA {'at most ' if self.at_most else ''}{clock(eta)}"
         waiting = self.waiting()
         return f"run {self.epochs_done}/{self.total} epochs" + ("" if waiting == said else f", {waiting}")
 

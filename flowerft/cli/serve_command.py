@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from flowerft.cli.common import console, fail, import_tensorflow_quietly, native_stderr_silenced, one_line_errors
-from flowerft.config import SERVE_HOST, SERVE_MAX_IMAGES, SERVE_MAX_MB, SERVE_MODEL_NAME, SERVE_PORT
+from flowerft.command_defaults import SERVE_HOST, SERVE_MAX_IMAGES, SERVE_MAX_MB, SERVE_MODEL_NAME, SERVE_PORT
 
 
 def serve(

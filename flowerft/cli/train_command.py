@@ -19,8 +19,8 @@ from flowerft.cli.common import (
     pct,
     report_and_exit_now,
 )
-from flowerft.config import PRECISIONS, RECIPES, to_dict
-from flowerft.config_files import given_values, resolve
+from flowerft.config import CLASS_WEIGHTS, MONITORS, PRECISIONS, RECIPES, to_dict
+from flowerft.config_files import given_values, rate_option, resolve
 from flowerft.errors import FlowerftError, Interrupted, WorkerLost
 
 
@@ -45,7 +45,10 @@ def train(
     epochs_head: Annotated[Optional[int], typer.Option(help="Epochs training the new head on the frozen base" + default("epochs_head"))] = None,
     epochs_finetune: Annotated[Optional[int], typer.Option(help="Epochs fine-tuning the unfrozen base" + default("epochs_finetune"))] = None,
     lr_head: Annotated[Optional[float], typer.Option(help="Head-phase learning rate (the schedule's peak)" + default("lr_head"))] = None,
-    lr_finetune: Annotated[Optional[float], typer.Option(help="Fine-tune learning rate (the schedule's peak)" + default("lr_finetune"))] = None,
+    lr_finetune: Annotated[Optional[str], typer.Option(help="Fine-tune learning rate (the schedule's peak), or auto: a learning-rate sweep between the phases picks it (`flowerft lr-find` shows one)" + default("lr_finetune"))] = None,
+    monitor: Annotated[Optional[str], typer.Option(help=f"The validation score that picks each phase's best checkpoint: {', '.join(MONITORS)}" + default("monitor"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help="End a phase after this many epochs without a better validation score, going on from its best weights (0: off)" + default("patience"))] = None,
+    class_weight: Annotated[Optional[str], typer.Option(help=f"{' or '.join(CLASS_WEIGHTS)}: balanced weights each image's loss by the inverse of its class's frequency, for imbalanced classes" + default("class_weight"))] = None,
     clipnorm: Annotated[Optional[float], typer.Option(help="Clip each gradient to this norm; 0 turns clipping off" + default("clipnorm"))] = None,
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment",
@@ -73,7 +76,8 @@ def train(
         recipe=recipe, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
         backbone_layer=backbone_layer, pixel_scaling=pixel_scaling,
         image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
-        lr_head=lr_head, lr_finetune=lr_finetune, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
+        lr_head=lr_head, lr_finetune=lr_finetune, monitor=monitor, patience=patience,
+        class_weight=class_weight, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
         finetune_blocks=finetune_blocks, finetune_from=finetune_from, precision=precision, micro_batch=micro_batch,
         # A switch left off keeps whatever the YAML file says.
         labels=labels, tfds_name=tfds, tfds_splits=tfds_splits, hf_dataset=hf_dataset, image_column=image_column,
@@ -82,6 +86,7 @@ def train(
         track=track,
     )
     with one_line_errors():  # Ctrl-C before training started: nothing to save
+        options["lr_finetune"] = rate_option(lr_finetune)
         if resume and overwrite:  # one would silently lose: checked before anything is read
             raise FlowerftError("--resume continues the run in --run-dir and --overwrite replaces it; give one of them")
         given = given_values(config_file, **options)  # the YAML file is read once
@@ -136,6 +141,9 @@ def phase_table(metrics: dict) -> Table:
             pct(p["best_val_accuracy"]), num(p.get("best_epoch_val_loss")), pct(p["last_val_accuracy"]),
             num(p["last_val_loss"]), f"{p['wall_time_s']:.0f} s",
         )
-    table.caption = ("best: the epoch of highest validation accuracy (counted over both phases), with its val acc and "
-                     "val loss; last: the last epoch's; * the phase of the best model")
+    score = {"accuracy": "highest validation accuracy", "balanced_accuracy": "highest validation balanced accuracy",
+             "loss": "lowest validation loss"}[metrics.get("monitor", "accuracy")]
+    ended = [f"{name} stopped early ({p['ended_early']})" for name, p in metrics["phases"].items() if p.get("ended_early")]
+    table.caption = (f"best: the epoch of {score} (counted over both phases), with its val acc and val loss; last: the "
+                     f"last epoch's; * the phase of the best model" + "".join(f"; {line}" for line in ended))
     return table

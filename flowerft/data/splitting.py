@@ -45,10 +45,23 @@ class Splits:
     # What the run records of its source (source.json), and what training says about it at the start.
     record: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Each split's images per class, in label order, where the source knows them without decoding (TFDS).
+    counts: dict[str, list[int]] = field(default_factory=dict)
 
     def get(self, name: str) -> tf.data.Dataset:
         return getattr(self, name)
 
+
+
+def class_counts(splits: Splits, split: str = "train") -> list[int]:
+    """A split's images per class, in label order: from its file list, the source's counts, or its labels."""
+    if split in splits.counts:
+        return splits.counts[split]
+    if splits.files:
+        labels = [y for _, y in splits.files[split]]
+    else:
+        labels = [int(y) for y in splits.get(split).map(lambda x, y: y).as_numpy_iterator()]
+    return [labels.count(i) for i in range(len(splits.class_names))]
 
 
 def split_sizes(n: int, test_percent: int, valid_percent: int) -> tuple[int, int, int]:

@@ -139,11 +139,16 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
     record = {"kind": "tfds", "name": full, "splits": specs, "image_feature": image_key, "label_feature": label_key}
     book = specs == tfds_split_names(config.test_percent, config.valid_percent)
     notes = [] if book else [f"TFDS {full}: test {specs['test']}, valid {specs['valid']}, train {specs['train']}"]
-    return Splits(
-        class_names=list(builder.info.features[label_key].names),
-        element="image",
-        sizes=sizes,
-        record=record,
-        notes=notes,
-        **datasets,
-    )
+    class_names = list(builder.info.features[label_key].names)
+    return Splits(class_names=class_names, element="image", sizes=sizes, record=record, notes=notes,
+                  counts={"train": _label_counts(builder, specs["train"], image_key, label_key, len(class_names))},
+                  **datasets)
+
+
+def _label_counts(builder, spec: str, image_key: str, label_key: str, n_classes: int) -> list[int]:
+    """Images per class of a split, read without decoding one image (TFDS's SkipDecoding)."""
+    import tensorflow_datasets as tfds
+
+    ds = builder.as_dataset(split=spec, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
+    labels = [int(y) for y in ds.map(lambda x: x[label_key]).as_numpy_iterator()]
+    return [labels.count(i) for i in range(n_classes)]

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from flowerft.reporting import figures
+from flowerft import figures
 from flowerft.runs import layout
 
 CURVES = "curves.png"

@@ -14,11 +14,10 @@ import keras
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from flowerft import inference
+from flowerft import figures, inference
 from flowerft.config import Config
 from flowerft.data import pipelines, sources
 from flowerft.errors import FlowerftError
-from flowerft.reporting import figures
 from flowerft.runs import layout, loader
 
 SPLITS = ("test", "valid")

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from flowerft import figures
 from flowerft.config import DEFAULTS
 from flowerft.data import image_io
 from flowerft.data.image_inputs import Failure, expand_inputs
 from flowerft.errors import DataError, FlowerftError
 from flowerft.ranking import top_k
-from flowerft.reporting import figures, gradcam
+from flowerft.reporting import gradcam
 from flowerft.runs import layout, loader
 
 TOP_K = 3

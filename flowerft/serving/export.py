@@ -29,11 +29,8 @@ import keras
 import tensorflow as tf
 
 from flowerft import machine, precision
-from flowerft.config import (
-    MAX_FLOAT_DISAGREEMENT,
-    Config,
-    chosen_formats,
-)
+from flowerft.command_defaults import MAX_FLOAT_DISAGREEMENT, chosen_formats
+from flowerft.config import Config
 from flowerft.data import image_io, pipelines, sources, splitting
 from flowerft.errors import FlowerftError, first_line
 from flowerft.layer_tree import all_layers

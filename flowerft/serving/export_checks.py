@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from flowerft import inference
-from flowerft.config import LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT
+from flowerft.command_defaults import LATENCY_IMAGES, MAX_FLOAT_DISAGREEMENT
 from flowerft.data import pipelines, splitting
 from flowerft.serving.predictors import KerasPredictor, ONNXPredictor, SavedModelPredictor, TFLitePredictor
 

@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from flowerft.config import SERVE_MAX_PIXELS, SERVE_TOP_K
+from flowerft.command_defaults import SERVE_MAX_PIXELS, SERVE_TOP_K
 from flowerft.data import image_io
 from flowerft.errors import DataError, FlowerftError
 from flowerft.ranking import top_k

@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 
 from flowerft.training.checkpoints import save_model_atomic, save_weights_atomic
+from flowerft.training.monitor import score
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -18,7 +19,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     running loss exceeds `factor` times the phase's first reported loss.
     """
 
-    def __init__(self, factor: float, monitor: str = "val_accuracy"):
+    def __init__(self, factor: float, monitor: str = "accuracy"):
         super().__init__()
         self.factor = factor
         self.monitor = monitor
@@ -43,7 +44,7 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        value = score(logs, self.monitor)
         if self.reason is None and value is not None and value > self.best:
             self.best = value
             self.best_weights = self.model.get_weights()
@@ -58,7 +59,7 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Save a classifier whenever validation accuracy beats the best so far, atomically.
+    """Save a classifier whenever the monitored validation score beats the best so far, atomically.
 
     Unlike keras.callbacks.ModelCheckpoint it can save a model other than the one `fit`
     trains (the full classifier while a head trains on cached features), it starts from a
@@ -74,23 +75,23 @@ class BestCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, model_to_save: keras.Model, staging: Path, stem: str, best: float | None = None,
-                 guard: DivergenceGuard | None = None, monitor: str = "val_accuracy", weights_only: bool = False):
+                 guard: DivergenceGuard | None = None, monitor: str = "accuracy", weights_only: bool = False):
         super().__init__()
         self.model_to_save = model_to_save
         self.staging = Path(staging)
         self.stem = stem
-        self.best = best
+        self.best = best  # a monitor.score: higher is better
         self.guard = guard
         self.monitor = monitor
         self.weights_only = weights_only
         self.pending: Path | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        value = score(logs, self.monitor)
         if self.guard is not None and self.guard.reason:
             return
-        if value is not None and math.isfinite(value) and (self.best is None or value > self.best):
-            self.best = float(value)
+        if value is not None and (self.best is None or value > self.best):
+            self.best = value
             if self.weights_only:
                 self.pending = self.staging / f"{self.stem}-e{epoch + 1}.weights.h5"
                 save_weights_atomic(self.model_to_save, self.pending)

@@ -52,18 +52,24 @@ INITIAL_WEIGHTS = "initial.weights.h5"  # what runs started before initial.json 
 class Progress:
     phase: str
     epochs_done: int = 0  # finished epochs of this phase
-    best_val_accuracy: float | None = None
+    best_score: float | None = None  # the phase's best monitor.score so far
     wall_time_s: float = 0.0
     weights: str | None = None  # file in state/ with the fitted model and optimizer
     history: list[dict[str, Any]] = field(default_factory=list)
     head: dict[str, Any] | None = None  # the finished head phase's summary, once fine-tuning runs
     best_file: str | None = None  # the staged best checkpoint of the phase, in state/
     stopped: str | None = None  # why the phase stopped early (divergence): it is over
+    ended_early: str | None = None  # why early stopping (--patience) ended the phase: it is over too
 
     @classmethod
     def load(cls, run_dir: Path) -> Progress | None:
         path = run_dir / STATE / PROGRESS
-        return cls(**layout.read_json(path)) if path.is_file() else None
+        if not path.is_file():
+            return None
+        saved = layout.read_json(path)
+        if "best_val_accuracy" in saved:  # runs before --monitor: their score was the validation accuracy
+            saved["best_score"] = saved.pop("best_val_accuracy")
+        return cls(**saved)
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
@@ -184,6 +190,14 @@ def publish_staged_best(run_dir: Path, progress: Progress, fitted: keras.Model, 
         fitted.set_weights(last)
 
 
+def load_best(model: keras.Model, run_dir: Path, progress: Progress, published: Path) -> None:
+    """The phase's best weights into `model` (what BestCheckpoint saved it as): staged head weights, or the checkpoint."""
+    if is_staged_weights(progress.best_file) and (run_dir / STATE / progress.best_file).is_file():
+        model.load_weights(run_dir / STATE / progress.best_file)
+    elif published.is_file():
+        model.load_weights(published)
+
+
 def write_history_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
@@ -196,17 +210,19 @@ def write_history_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 class EpochState(keras.callbacks.Callback):
     """After each epoch: history CSV, the fitted model with its optimizer, then progress.json.
 
-    Goes after the DivergenceGuard (which restores the best weights before this saves them)
-    and the BestCheckpoint (whose pending save this publishes once the epoch is committed).
+    Goes after the DivergenceGuard (which restores the best weights before this saves them),
+    the BestCheckpoint (whose pending save this publishes once the epoch is committed) and the
+    early stopping (whose decision this records).
     """
 
-    def __init__(self, run_dir: Path, progress: Progress, checkpoint, guard, published: Path):
+    def __init__(self, run_dir: Path, progress: Progress, checkpoint, guard, published: Path, early_stop=None):
         super().__init__()
         self.run_dir = run_dir
         self.progress = progress
         self.checkpoint = checkpoint  # its `best` is the phase's best so far
         self.guard = guard
         self.published = published
+        self.early_stop = early_stop  # monitor.EarlyStop, or None
 
     def on_train_begin(self, logs=None):
         (self.run_dir / STATE).mkdir(parents=True, exist_ok=True)
@@ -217,12 +233,13 @@ class EpochState(keras.callbacks.Callback):
         p.history.append({"phase": p.phase, "epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
         p.epochs_done += 1
         p.wall_time_s = round(time.perf_counter() - self.started, 3)
-        p.best_val_accuracy = self.checkpoint.best
+        p.best_score = self.checkpoint.best
         pending = self.checkpoint.pending
         previous_best = p.best_file
         if pending is not None:
             p.best_file = pending.name
         p.stopped = self.guard.reason
+        p.ended_early = self.early_stop.reason if self.early_stop is not None else None
         write_history_csv(self.run_dir / f"history_{p.phase}.csv", p.history)
         previous, p.weights = p.weights, f"{p.phase}-e{epoch + 1}.weights.h5"
         save_weights_atomic(self.model, self.run_dir / STATE / p.weights)

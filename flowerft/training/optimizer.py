@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 
 from flowerft.training.micro_batches import PerBatchSchedule
+from flowerft.training.monitor import BalancedAccuracy
 
 
 def learning_rate_schedule(
@@ -64,14 +65,17 @@ def compile_for_phase(
     label_smoothing: float = 0.0,
     jit_compile: bool = False,
     micro_batches: int = 1,
+    n_classes: int | None = None,
+    rate: keras.optimizers.schedules.LearningRateSchedule | None = None,
 ) -> None:
     """A fresh SGD for this phase: after `trainable` changes, Keras needs a recompile.
 
     With `label_smoothing` the loss takes one-hot labels (Keras's sparse cross-entropy has no
     smoothing): the phase's datasets must then yield them (see one_hot_labels). With
     `micro_batches` > 1 each update accumulates that many micro-batches (micro_batches.py).
+    `rate` replaces the schedule (the learning-rate sweep's). Given `n_classes`, balanced accuracy is measured beside accuracy (what --monitor balanced_accuracy watches).
     """
-    rate = learning_rate_schedule(schedule, lr, decay=decay, steps=steps, warmup_steps=warmup_steps)
+    rate = rate or learning_rate_schedule(schedule, lr, decay=decay, steps=steps, warmup_steps=warmup_steps)
     accumulate = {}
     if micro_batches > 1:
         rate = PerBatchSchedule(rate, micro_batches)
@@ -86,6 +90,7 @@ def compile_for_phase(
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=["accuracy"],  # Keras picks sparse or one-hot accuracy from the labels' shape
+        # Keras picks sparse or one-hot accuracy from the labels' shape.
+        metrics=["accuracy", *([BalancedAccuracy(n_classes)] if n_classes else [])],
         jit_compile=jit_compile,  # Keras's "auto" would turn XLA on for GPUs; we keep it a choice
     )

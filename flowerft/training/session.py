@@ -19,13 +19,13 @@ import keras
 import tensorflow as tf
 
 from flowerft import machine, precision
-from flowerft.config import DEFAULTS, Config, to_dict
+from flowerft.config import AUTO, DEFAULTS, Config, to_dict
 from flowerft.config_files import absolute_paths, make_config
 from flowerft.data import pipelines, sources, splitting
 from flowerft.errors import FlowerftError, Interrupted, WorkerLost, first_line
 from flowerft.model import build_model
 from flowerft.runs import layout, lock
-from flowerft.training import checkpoints, distribute, partial_finetune, recipe, start, tracking
+from flowerft.training import checkpoints, class_weights, distribute, lr_find, partial_finetune, recipe, start, tracking
 from flowerft.training.checkpoints import Progress
 from flowerft.training.recipe import CallbackFactory
 from flowerft.training.summary import PhaseResult, summarize
@@ -108,7 +108,7 @@ def _train(
     else:
         start.start_run_dir(run_dir, config, splits, model, overwrite, notify)
     tracker = _tracker(run_dir, config, strategy, notify, resume=resume)
-    setup = recipe.Setup(config, run_dir, _tracked(callbacks, tracker), pipelines.epoch_variable())
+    setup = recipe.Setup(config, run_dir, _tracked(callbacks, tracker), pipelines.epoch_variable(), notify=notify)
     cache = _cache(config, strategy, splits, notify)
     with _errors_translated(run_dir, strategy, tracker):
         data = _data(splits, setup, cache, notify)
@@ -182,7 +182,11 @@ def _data(splits: splitting.Splits, setup: recipe.Setup, cache: str, notify) -> 
     valid_ds = pipelines.pipeline(splits, "valid", **pipe)
     # Cached head features (and a partial fine-tune's activations) need the unaugmented images in source order.
     in_order = None if setup.config.augment else pipelines.pipeline(splits, "train", **pipe)
-    return recipe.Data(train_ds, valid_ds, in_order, sizes=(splits.sizes["train"], splits.sizes["valid"]))
+    counts = splitting.class_counts(splits)
+    if line := class_weights.imbalance_line(splits.class_names, counts, setup.config):
+        notify(line)
+    return recipe.Data(train_ds, valid_ds, in_order, sizes=(splits.sizes["train"], splits.sizes["valid"]),
+                       class_weight=class_weights.for_run(setup.config, counts))
 
 
 @contextlib.contextmanager
@@ -221,6 +225,8 @@ def _final_writes(setup: recipe.Setup, splits: splitting.Splits, cache: str, mod
     metrics["precision_policy"] = precision.policy(config)
     metrics["cache"] = cache
     metrics["recipe"] = config.recipe
+    # The fine-tuning rate it trained at: the config's, or the one lr_finetune: auto found.
+    metrics["lr_finetune"] = lr_find.recorded_rate(run_dir) if config.lr_finetune == AUTO else config.lr_finetune
     metrics["split_sizes"] = splits.sizes
     metrics["environment"] = machine.describe()
     layout.write_json(run_dir / layout.HISTORY, head.history + finetune.history)

@@ -6,7 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from flowerft.config import DEFAULTS, Config
+from flowerft.config import AUTO, DEFAULTS, Config
+from flowerft.training.monitor import score
 
 
 @dataclass
@@ -15,14 +16,17 @@ class PhaseResult:
     epochs_planned: int
     epochs_run: int = 0
     best_epoch: int | None = None  # 1-based, counted over both phases like TensorBoard's x axis
-    best_val_accuracy: float | None = None
+    best_val_accuracy: float | None = None  # the best epoch's (accuracy even when another score picked it)
+    best_val_balanced_accuracy: float | None = None
     best_epoch_val_loss: float | None = None  # validation loss of the best epoch
     best_val_loss: float | None = None  # the phase's lowest validation loss, whichever epoch had it
     last_val_accuracy: float | None = None
     last_val_loss: float | None = None
     wall_time_s: float = 0.0
-    stopped_because: str | None = None
+    stopped_because: str | None = None  # divergence
+    ended_early: str | None = None  # early stopping (--patience): why
     checkpoint: str | None = None  # relative to the run dir
+    monitor: str = "accuracy"  # the validation score that picks the best epoch (config.monitor)
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def add_history(self, rows: list[dict[str, Any]], diverged: bool = False) -> None:
@@ -34,15 +38,30 @@ class PhaseResult:
         self.history = rows
         self.epochs_run = len(rows)
         clean = rows[:-1] if diverged else rows
+        scored = [r for r in clean if score(r, self.monitor) is not None]
         if clean:
-            best = max(clean, key=lambda r: _number(r.get("val_accuracy")))
+            # The first of equals, as BestCheckpoint keeps the first (it saves only a strictly better score).
+            best = max(scored, key=lambda r: score(r, self.monitor)) if scored else clean[0]
             self.best_epoch = best["epoch"]
             self.best_val_accuracy = best.get("val_accuracy")
+            self.best_val_balanced_accuracy = best.get("val_balanced_accuracy")
             self.best_epoch_val_loss = best.get("val_loss")
             self.best_val_loss = min(_number(r.get("val_loss"), math.inf) for r in clean)
         if rows:
             self.last_val_accuracy = rows[-1].get("val_accuracy")
             self.last_val_loss = rows[-1].get("val_loss")
+
+
+    @property
+    def best_score(self) -> float | None:
+        """The best epoch's monitor.score (None if no epoch finished cleanly).
+
+        Figures without their history (a summary written before --monitor existed) have their accuracy.
+        """
+        rows = [r for r in self.history if r.get("epoch") == self.best_epoch]
+        if rows:
+            return score(rows[0], self.monitor)
+        return score({"val_accuracy": self.best_val_accuracy}, "accuracy") if self.monitor == "accuracy" else None
 
 
 def _number(value, default=-math.inf) -> float:
@@ -56,7 +75,10 @@ def remedies(phase: str, config: Config | None) -> str:
     if phase == "head":
         steps = [f"a lower --lr-head (this run: {config.lr_head:g})"]
     else:
-        steps = [f"a lower --lr-finetune (this run: {config.lr_finetune:g})"]
+        if config.lr_finetune == AUTO:
+            steps = ["a --lr-finetune below the one the sweep chose (lr_find.png shows the range it tried)"]
+        else:
+            steps = [f"a lower --lr-finetune (this run: {config.lr_finetune:g})"]
         if not config.clipnorm:
             steps.append("--clipnorm 1")
         if config.schedule == "cosine" and not config.warmup_epochs:
@@ -69,14 +91,19 @@ def remedies(phase: str, config: Config | None) -> str:
     return ", ".join(steps[:-1]) + (" or " if len(steps) > 1 else "") + steps[-1]
 
 
+def _shown(phase: PhaseResult) -> str:
+    value = phase.best_score
+    return f"{-value:.4f}" if phase.monitor == "loss" else f"{value:.1%}"
+
+
 def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str, config: Config | None = None) -> dict[str, Any]:
     """metrics.json: per phase, which checkpoint is best over both, and any warnings.
 
     Given the run's `config`, the warnings name the settings to change and their values.
     """
-    candidates = [p for p in (head, finetune) if p.checkpoint and p.best_val_accuracy is not None]
+    candidates = [p for p in (head, finetune) if p.checkpoint and p.best_score is not None]
     # Fine-tuning must beat the head to replace it: on a tie the simpler model wins.
-    best = max(candidates, key=lambda p: (p.best_val_accuracy, p is head), default=None)
+    best = max(candidates, key=lambda p: (p.best_score, p is head), default=None)
     warnings = []
     for p in (head, finetune):
         if p.stopped_because:
@@ -86,14 +113,16 @@ def summarize(head: PhaseResult, finetune: PhaseResult, final_checkpoint: str, c
                 f"{p.phase} phase stopped early: {p.stopped_because}; {kept}. "
                 f"To train it stably: {remedies(p.phase, config)}"
             )
-    if head.best_val_accuracy is not None and finetune.last_val_accuracy is not None \
-            and finetune.last_val_accuracy < head.best_val_accuracy:
+    # Its best, not its last epoch: a phase that beat the head and then fell back kept its best checkpoint.
+    if head.best_score is not None and finetune.best_score is not None and finetune.best_score < head.best_score:
+        name = head.monitor.replace("_", " ")
         warnings.append(
-            f"fine-tuning ended at {finetune.last_val_accuracy:.1%} validation accuracy, below the head "
-            f"phase's best {head.best_val_accuracy:.1%}; evaluate and predict use the best checkpoint "
-            f"({best.checkpoint if best else final_checkpoint}). Remedies: {remedies(finetune.phase, config)}"
+            f"fine-tuning's best validation {name} ({_shown(finetune)}) is below the head phase's best "
+            f"({_shown(head)}): evaluate and predict use the head's checkpoint ({best.checkpoint if best else final_checkpoint}). "
+            f"Remedies: {remedies(finetune.phase, config)}"
         )
     return {
+        "monitor": head.monitor,
         "phases": {p.phase: {k: v for k, v in asdict(p).items() if k != "history"} for p in (head, finetune)},
         "best_phase": best.phase if best else None,
         "best_val_accuracy": best.best_val_accuracy if best else None,

@@ -7,7 +7,7 @@
                 confusion_matrix.png, report.html and the model card (export/README.md)
     <run_dir>/mlflow.json   the store and MLflow run id: `--resume` continues that MLflow run
 
-The store is MLFLOW_TRACKING_URI, else a SQLite database in runs_root (config.MLFLOW_DATABASE),
+The store is MLFLOW_TRACKING_URI, else a SQLite database in runs_root (command_defaults.MLFLOW_DATABASE),
 whose artifacts go to runs_root/mlartifacts. An epoch is logged only after its state is
 committed (the callback runs after checkpoints.EpochState), and a resumed run first logs the committed
 epochs the store lacks (a kill between the two): so every epoch is logged exactly once.
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from flowerft.config import MLFLOW_DATABASE, MLFLOW_EXPERIMENT, Config, to_dict
+from flowerft.command_defaults import MLFLOW_DATABASE, MLFLOW_EXPERIMENT
+from flowerft.config import Config, to_dict
 from flowerft.errors import ConfigError, first_line
 from flowerft.runs import layout
 

@@ -1,0 +1,77 @@
+"""`flowerft lr-find`: the learning-rate range test (lr_find.py) for a run's fine-tuning, run apart.
+
+It starts from the run's head checkpoint (checkpoints/head_best.keras), or, where the run has
+none yet, from a head phase trained afresh in memory as the run's config says; it sweeps the rate
+over what fine-tuning trains (the base unfrozen as the config says, BatchNorm frozen) and writes
+lr_find.json and lr_find.png. Nothing of the run changes: no weight, no checkpoint, no config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+from flowerft.data import pipelines, sources, splitting
+from flowerft.errors import FlowerftError
+from flowerft.model import build_model, freeze_base
+from flowerft.runs import layout, loader
+from flowerft.training import class_weights, lr_find, partial_finetune, recipe
+from flowerft.training.optimizer import compile_for_phase
+
+
+@dataclass
+class Found:
+    result: lr_find.Sweep
+    start: str  # what the sweep started from, in words
+    written: list[Path]
+
+
+def run(run_dir: str | Path | None = None, *, steps: int | None = None, output: str | Path | None = None,
+        notify: Callable[[str], None] = lambda message: None) -> Found:
+    path = layout.find_run(run_dir)
+    config = loader.run_config(path)
+    if steps is not None:
+        if steps < 10:
+            raise FlowerftError(f"--steps must be 10 or more, got {steps}")
+        config = dataclasses.replace(config, lr_find_steps=steps)
+    out = Path(output) if output else path
+    layout.check_writable(out)
+    splits = sources.load_recorded(path, config, ("train",))
+    # Decoded once in memory where they fit (a sweep may see the images twice); never a file cache to clean up.
+    cache = "memory" if pipelines.cache_mode(config, splits.sizes["train"]) == "memory" else "none"
+    train_ds = pipelines.pipeline(splits, "train", config, training=True, cache=cache)
+    weights = class_weights.for_run(config, splitting.class_counts(splits))
+    head = path / layout.CHECKPOINTS / "head_best.keras"
+    keras.utils.set_random_seed(config.seed)
+    if head.is_file():
+        model = loader.load_model(head)
+        base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+        start = f"the run's head checkpoint {head.relative_to(path)}"
+    else:
+        model, base = build_model(config, len(splits.class_names))
+        start = _fresh_head(model, base, train_ds, config, weights, notify)
+    partial_finetune.unfreeze(base, config)
+    notify(f"sweeping the fine-tuning rate from {lr_find.START:g} to {lr_find.END:g} over {config.lr_find_steps} "
+           f"steps, from {start}")
+    result = recipe.sweep_rates(recipe.FINETUNE, model, train_ds, config, weights)
+    out.mkdir(parents=True, exist_ok=True)
+    written = lr_find.write(result, out, f"Fine-tuning learning-rate sweep: {path.name}")
+    return Found(result, start, written)
+
+
+def _fresh_head(model, base, train_ds, config, weights, notify) -> str:
+    """The run's head phase, trained in memory at its config's rate (nothing is saved)."""
+    if not config.epochs_head:
+        return "the untrained classifier (the run has no head phase)"
+    notify(f"the run has no head checkpoint: training a head for {config.epochs_head} epochs first (kept in memory)")
+    freeze_base(base)
+    compile_for_phase(model, lr=config.lr_head, decay=config.decay_head, momentum=config.momentum,
+                      clipnorm=config.clipnorm, schedule=config.schedule,
+                      steps=config.epochs_head * recipe.steps_per_epoch(train_ds), label_smoothing=config.label_smoothing)
+    ds = recipe.one_hot_labels(train_ds, model.output_shape[-1]) if config.label_smoothing else train_ds
+    model.fit(ds, epochs=config.epochs_head, class_weight=weights, verbose=0)
+    return f"a head trained afresh for {config.epochs_head} epochs"

@@ -1,7 +1,8 @@
 """The one loop that runs a model (or any batch function) over a batched (inputs, labels) dataset.
 
-Evaluation's probabilities, an export's check, the head phase's cached features and a partial
-fine-tune's cached activations are all this loop; only what each keeps of the outputs differs.
+Evaluation's probabilities (plain or test-time augmented), an export's check, the head phase's
+cached features and a partial fine-tune's cached activations are all this loop; only the batch
+function and what each keeps of its outputs differ.
 """
 
 from __future__ import annotations
@@ -26,3 +27,16 @@ def collect(fn: Callable[[Any], Any], ds: Iterable) -> tuple[np.ndarray, np.ndar
     if not outputs:
         raise ValueError("the dataset has no batches")
     return np.concatenate(outputs), np.concatenate(labels)
+
+
+def flip_averaged(fn: Callable[[Any], Any]) -> Callable[[Any], np.ndarray]:
+    """fn's outputs on a batch of images (N, H, W, C), averaged with its outputs on their left-right mirrors.
+
+    A plain flip of the width axis, not a random augmentation layer: the same images give the same
+    probabilities every time.
+    """
+    def averaged(images):
+        images = np.asarray(images)
+        return (np.asarray(fn(images)) + np.asarray(fn(np.ascontiguousarray(np.flip(images, axis=2))))) / 2
+
+    return averaged

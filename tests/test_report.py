@@ -63,6 +63,10 @@ def test_report_evaluates_first_and_embeds_everything(run_copy):
     assert page.sources and all(src.startswith("data:image/") for _, src in page.sources)
     assert "<script" not in html.lower()
     assert f"{evaluation['accuracy']:.1%}" in text and f"{evaluation['top2_accuracy']:.1%}" in text
+    # the cards: test accuracy, balanced accuracy, macro F1, top-2 accuracy, each with its figure
+    assert (f"{evaluation['accuracy']:.1%} test accuracy {evaluation['balanced_accuracy']:.1%} test balanced accuracy "
+            f"{evaluation['macro_f1']:.3f} test macro F1 {evaluation['top2_accuracy']:.1%} test top-2 accuracy") in text
+    assert "balanced accuracy macro F1" in text and f"{evaluation['macro_f1']:.4f}" in text  # the evaluation's table
     for name in evaluation["class_names"]:
         assert name in text
     metrics = json.loads((run_copy / "metrics.json").read_text())
@@ -84,6 +88,12 @@ def test_report_evaluates_again_when_the_checkpoint_is_newer_and_opens_the_page(
     result = runner.invoke(app, ["report", "--run-dir", str(run_copy), "--open"])
     assert result.exit_code == 0 and opened == [(run_copy / "report.html").resolve().as_uri()]
     assert "evaluating" not in result.output and (run_copy / "evaluation.json").stat().st_mtime == evaluated
+    older = json.loads((run_copy / "evaluation.json").read_text())
+    del older["balanced_accuracy"], older["macro_f1"]
+    (run_copy / "evaluation.json").write_text(json.dumps(older))  # as flowerft wrote it before these scores
+    result, _ = report(run_copy)
+    assert "evaluating" in result.output and "balanced_accuracy" in (run_copy / "evaluation.json").read_text()
+    evaluated = (run_copy / "evaluation.json").stat().st_mtime
     monkeypatch.setattr("webbrowser.open", lambda uri: False)  # no browser (a server, say)
     result = runner.invoke(app, ["report", "--run-dir", str(run_copy), "--open"])
     assert result.exit_code == 0 and "no browser found" in result.output

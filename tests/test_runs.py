@@ -29,8 +29,8 @@ def make_run(root, name, started, *, finished=None, interrupted=None, evaluated=
         head = {"history": [{"epoch": e, "val_accuracy": v} for e, v in enumerate(interrupted, 1)], "wall_time_s": 30.0}
         progress = {"phase": "finetune", "history": [{"epoch": 4, "val_accuracy": 0.5}], "wall_time_s": 100.0, "head": head}
         (run / "state" / "progress.json").write_text(json.dumps(progress))
-    if evaluated is not None:
-        (run / "evaluation.json").write_text(json.dumps({"accuracy": evaluated}))
+    if evaluated is not None:  # the accuracy alone: an evaluation.json older than balanced accuracy and macro F1
+        (run / "evaluation.json").write_text(json.dumps(evaluated if isinstance(evaluated, dict) else {"accuracy": evaluated}))
     os.utime(run / "config.yaml", (started, started))
     return run
 
@@ -38,8 +38,8 @@ def make_run(root, name, started, *, finished=None, interrupted=None, evaluated=
 @pytest.fixture
 def root(tmp_path):
     root = tmp_path / "runs"
-    make_run(root, "old-good", 1_000, finished=0.97, evaluated=0.961)
-    make_run(root, "newer-worse", 2_000, finished=0.90)
+    make_run(root, "old-good", 1_000, finished=0.97, evaluated={"accuracy": 0.961, "balanced_accuracy": 0.923, "macro_f1": 0.9312})
+    make_run(root, "newer-worse", 2_000, finished=0.90, evaluated=0.884)
     make_run(root, "killed", 3_000, interrupted=[0.8, 0.93, 0.9])
     make_run(root, "died-early", 4_000)  # config.yaml only: stopped before training began
     (root / "holiday-photos").mkdir()
@@ -55,7 +55,11 @@ def test_each_folder_gets_its_status_and_figures_newest_first(root):
     assert rows["old-good"].status == "finished" and rows["old-good"].best
     assert (rows["old-good"].epochs_run, rows["old-good"].epochs_planned) == (5, 5)
     assert rows["old-good"].test_accuracy == 0.961 and rows["old-good"].wall_time_s == 300.0
-    assert not rows["newer-worse"].best and rows["newer-worse"].test_accuracy is None
+    assert (rows["old-good"].test_balanced_accuracy, rows["old-good"].test_macro_f1) == (0.923, 0.9312)
+    newer = rows["newer-worse"]
+    assert not newer.best and newer.test_accuracy == 0.884
+    assert newer.test_balanced_accuracy is None and newer.test_macro_f1 is None  # evaluated before these scores
+    assert rows["killed"].test_accuracy is None and rows["killed"].test_balanced_accuracy is None
     killed = rows["killed"]
     assert killed.status == "interrupted (resumable)" and not killed.best
     assert (killed.epochs_run, killed.best_val_accuracy, killed.wall_time_s) == (4, 0.93, 130.0)
@@ -78,8 +82,15 @@ def test_runs_table_reads_at_80_columns(root):
     assert max(map(len, lines)) <= 80
     for name in ("old-good *", "newer-worse", "killed", "died-early", "holiday-photos"):
         assert any(name in line for line in lines), name  # names whole, on one line
-    row = next(line for line in lines if "old-good" in line)
+    at = next(i for i, line in enumerate(lines) if "old-good" in line)
+    row = lines[at]
     assert "97.0%" in row and "96.1%" in row and "5/5" in row and "300 s" in row
+    # No room for two more columns: balanced accuracy and macro F1 under the test accuracy, the caption says so.
+    test_column = slice(row.index("96.1%"), row.index("96.1%") + 5)
+    assert [line[test_column] for line in lines[at:at + 3]] == ["96.1%", "92.3%", "0.931"]
+    at = next(i for i, line in enumerate(lines) if "newer-worse" in line)
+    assert [line[test_column].strip() for line in lines[at:at + 3]] == ["88.4%", "-", "-"]
+    assert "under it balanced accuracy and macro F1" in " ".join(result.output.split())
     assert "interrupted" in result.output and "(resumable)" in result.output and "not a run" in result.output
 
 
@@ -90,6 +101,9 @@ def test_runs_table_takes_one_line_a_run_when_the_terminal_is_wide(root):
     assert max(map(len, lines)) <= 120
     assert any("interrupted (resumable)" in line and "killed" in line for line in lines), result.output
     assert not any(line.strip() in ("(resumable)", "32px", "96px") for line in lines), result.output
+    assert " ".join(next(line for line in lines if "old-good" in line).split()[-6:]) == "97.0% 96.1% 92.3% 0.931 300 s"
+    assert " ".join(next(line for line in lines if "newer-worse" in line).split()[-6:]) == "90.0% 88.4% - - 300 s"
+    assert "bal: balanced accuracy; F1: macro F1" in " ".join(result.output.split())
 
 
 def test_runs_json(root):
@@ -97,6 +111,8 @@ def test_runs_json(root):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows if r["best"]] == ["old-good"]
+    good = next(r for r in rows if r["name"] == "old-good")
+    assert (good["test_accuracy"], good["test_balanced_accuracy"], good["test_macro_f1"]) == (0.961, 0.923, 0.9312)
     assert rows[0]["status"] == "incomplete" and rows[0]["started"].startswith("1970-01-01")
 
 

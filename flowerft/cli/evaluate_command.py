@@ -26,21 +26,22 @@ def evaluate(
     split: Annotated[str, typer.Option(show_default=False, help="test or valid, as recorded by training (default: test).")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout and nothing else.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Folder for evaluation.json, predictions.json and the confusion-matrix PNG (default: the run dir).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average each image's probabilities with its left-right mirror's; the files get a _tta suffix (evaluation_tta.json, ...), the plain evaluation stays.")] = False,
 ) -> None:
-    """Evaluate a trained run: loss, accuracy, top-2, per-class report and confusion matrix."""
+    """Evaluate a trained run: loss, accuracy, balanced accuracy, macro F1, top-2, per-class report and confusion matrix."""
     with one_line_errors():  # Ctrl-C leaves nothing half-written: every file is renamed into place
         check_run_exists(run_dir)
         import_tensorflow_quietly()
         from flowerft.reporting import evaluate as evaluation
 
-        result = evaluation.run(run_dir, checkpoint=checkpoint, split=split, output=output)
+        result = evaluation.run(run_dir, checkpoint=checkpoint, split=split, output=output, tta="flip" if tta else None)
     if as_json:
         print(json.dumps(result.report, indent=2))
     else:
         show_evaluation(result.report, result.written)
     if result.not_written:
         err_console.print(f"[bold yellow]Warning:[/] {result.not_written}", highlight=False, soft_wrap=True)
-    elif output is None and (split, checkpoint) == ("test", "best"):  # evaluation.json in the run dir
+    elif output is None and (split, checkpoint, tta) == ("test", "best", False):  # evaluation.json in the run dir
         from flowerft.training import tracking
 
         if problem := tracking.log_outputs(result.report["run_dir"]):  # a run trained with --track
@@ -48,10 +49,12 @@ def evaluate(
 
 
 def show_evaluation(report: dict, files: list[Path]) -> None:
-    summary = Table(title=f"{report['run_dir']} ({report['checkpoint']}, {report['split']} split)")
-    for column in ("images", "loss", "accuracy", "top-2 accuracy"):
+    tta = f", {report['tta']} TTA" if report.get("tta") else ""
+    summary = Table(title=f"{report['run_dir']} ({report['checkpoint']}, {report['split']} split{tta})")
+    for column in ("images", "loss", "accuracy", "balanced accuracy", "macro F1", "top-2 accuracy"):
         summary.add_column(column, justify="right")
-    summary.add_row(str(report["examples"]), num(report["loss"]), pct(report["accuracy"]), pct(report["top2_accuracy"]))
+    summary.add_row(str(report["examples"]), num(report["loss"]), pct(report["accuracy"]), pct(report["balanced_accuracy"]),
+                    num(report["macro_f1"]), pct(report["top2_accuracy"]))
     console.print(summary)
 
     per_class = Table(title="Per class")

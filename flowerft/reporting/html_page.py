@@ -99,6 +99,8 @@ def _cards(page: Page, evaluation: dict | None) -> str:
     row, best_phase = page.row, (page.metrics or {}).get("best_phase")
     figures = [
         (pct(evaluation["accuracy"]) if evaluation else "-", "test accuracy"),
+        (pct((evaluation or {}).get("balanced_accuracy")), "test balanced accuracy"),
+        (_f1((evaluation or {}).get("macro_f1")), "test macro F1"),
         (pct(evaluation["top2_accuracy"]) if evaluation else "-", "test top-2 accuracy"),
         (pct(row.best_val_accuracy), "best validation accuracy" + (f" ({best_phase})" if best_phase else "")),
         ("-" if row.epochs_planned is None else f"{row.epochs_run or 0}/{row.epochs_planned}", "epochs"),
@@ -144,6 +146,10 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _f1(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _curves_part(part) -> str:
     if isinstance(part, Exception) or part is None:
         return _missing(part or "not drawn")
@@ -156,8 +162,9 @@ def _evaluation_part(part) -> str:
     if isinstance(part, Exception) or part is None:
         return _missing(part or "not evaluated")
     e = part
-    html = _table(("checkpoint", "images", "accuracy", "top-2 accuracy", "loss"),
-                  [(e["checkpoint"], e["examples"], pct(e["accuracy"]), pct(e["top2_accuracy"]), _num(e["loss"]))])
+    html = _table(("checkpoint", "images", "accuracy", "balanced accuracy", "macro F1", "top-2 accuracy", "loss"),
+                  [(e["checkpoint"], e["examples"], pct(e["accuracy"]), pct(e.get("balanced_accuracy")),
+                    _num(e.get("macro_f1")), pct(e["top2_accuracy"]), _num(e["loss"]))])
     rows = [*e["per_class"].items(), ("macro avg", e["macro_avg"]), ("weighted avg", e["weighted_avg"])]
     html += "<h3>Per class</h3>" + _table(
         ("class", "precision", "recall", "F1", "support"),

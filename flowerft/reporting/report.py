@@ -111,11 +111,13 @@ def _checkpoint_file(page: Page) -> Path:
 
 
 def _evaluation(page: Page, notify) -> dict[str, Any]:
-    """evaluation.json, evaluating first when it is missing, older than the checkpoint, or lacks per-image predictions."""
+    """evaluation.json, evaluating first when it is missing, older than the checkpoint, lacks per-image
+    predictions, or predates balanced accuracy and macro F1."""
     checkpoint = _checkpoint_file(page)
     evaluation_path, matrix_path, predictions_path = (page.out / n for n in evaluate.output_names(page.split, "best"))
     current = (evaluation_path.is_file() and predictions_path.is_file() and checkpoint.is_file()
-               and evaluation_path.stat().st_mtime >= checkpoint.stat().st_mtime)
+               and evaluation_path.stat().st_mtime >= checkpoint.stat().st_mtime
+               and "balanced_accuracy" in (_read(evaluation_path) or {}))
     if not current:
         notify(f"evaluating {page.run_dir} on its {page.split} split first")
         try:
@@ -124,7 +126,7 @@ def _evaluation(page: Page, notify) -> dict[str, Any]:
             page.failed = str(e)
             if not evaluation_path.is_file():
                 raise Missing(f"could not evaluate: {e}") from None
-            page.warnings.append(f"the evaluation shown is older than the checkpoint; evaluating again failed: {e}")
+            page.warnings.append(f"the evaluation shown is out of date (older than the checkpoint, or without balanced accuracy); evaluating again failed: {e}")
         else:
             if result.not_written:
                 raise Missing(result.not_written)

@@ -36,6 +36,8 @@ class RunRow:
     epochs_planned: int | None = None
     best_val_accuracy: float | None = None
     test_accuracy: float | None = None  # from evaluation.json, when the run was evaluated
+    test_balanced_accuracy: float | None = None  # also None for an evaluation.json older than these scores
+    test_macro_f1: float | None = None
     wall_time_s: float | None = None
     best: bool = False  # the finished run with the highest validation accuracy
     source: str | None = None  # where its images come from: "folder flowers", "tfds beans:0.1.0", ...
@@ -87,6 +89,7 @@ def describe(run_dir: Path) -> RunRow:
     evaluation = _json(run_dir / "evaluation.json")
     if isinstance(evaluation, dict):
         row.test_accuracy = evaluation.get("accuracy")
+        row.test_balanced_accuracy, row.test_macro_f1 = evaluation.get("balanced_accuracy"), evaluation.get("macro_f1")
     return row
 
 

@@ -90,7 +90,7 @@ def given_values(yaml_path: str | Path | None = None, **overrides: Any) -> dict[
             hint = f"did you mean {close[0]}?" if close else f"known keys are {', '.join(sorted(FIELDS))}"
             raise ConfigError(f"{unknown[0]}: unknown config key; {hint}")
         values.update(source)
-    return _fold_mixed_precision(values)
+    return _fold_old_augment(_fold_mixed_precision(values))
 
 
 def _fold_mixed_precision(values: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +105,14 @@ def _fold_mixed_precision(values: dict[str, Any]) -> dict[str, Any]:
     if switch and values.get("precision", DEFAULTS["precision"]) in ("float32", "auto"):
         values["precision"] = "mixed"
     return values
+
+
+def _fold_old_augment(values: dict[str, Any]) -> dict[str, Any]:
+    """`augment: true` as `augment: basic` (the flips, rotations and zooms it meant), `false` as `none`:
+    `augment` was a switch before it named a policy, and runs that recorded one must still load and resume."""
+    if not isinstance(values.get("augment"), bool):
+        return values
+    return values | {"augment": "basic" if values["augment"] else "none"}
 
 
 def resolve(given: dict[str, Any]) -> Config:

@@ -15,11 +15,12 @@ import keras
 import tensorflow as tf
 
 from flowerft.config import Config
+from flowerft.data import pipelines
 from flowerft.errors import FlowerftError
 from flowerft.model import freeze_base
 from flowerft.runs import layout
 from flowerft.training import cached, checkpoints, distribute, micro_batches, partial_finetune
-from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
+from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch, SwapEMAWeightsEachEpoch
 from flowerft.training.checkpoints import Progress
 from flowerft.training.optimizer import compile_for_phase
 from flowerft.training.summary import PhaseResult
@@ -125,8 +126,9 @@ def fit_phase(
             model, lr=schedule.lr, decay=schedule.decay, momentum=config.momentum, clipnorm=config.clipnorm,
             schedule=config.schedule, steps=steps, warmup_steps=schedule.warmup_steps,
             label_smoothing=config.label_smoothing, jit_compile=config.jit_compile, micro_batches=accumulate,
+            one_hot=soft_labels(config), ema_momentum=config.ema_momentum if config.ema else None,
         )
-    if config.label_smoothing:  # the smoothed loss takes one-hot labels
+    if soft_labels(config):  # the loss takes one-hot labels: validation's too, so its loss is the same
         train_ds, valid_ds = (one_hot_labels(ds, model.output_shape[-1]) for ds in (train_ds, valid_ds))
     if accumulate > 1:  # memory-bounded fine-tuning: same updates (see flowerft/training/micro_batches.py)
         train_ds = micro_batches.split_batches(train_ds, config.batch_size, config.micro_batch)
@@ -148,6 +150,8 @@ def fit_phase(
     callbacks = [ShuffleEpoch(setup.epoch), guard, best, epoch_state, *setup.callbacks(phase, config)]  # see EpochState
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
+    if config.ema:  # before the guard and the checkpoints: they then see (and save) the EMA weights
+        callbacks.insert(1, SwapEMAWeightsEachEpoch(resumed=progress.weights is not None))
     if progress.epochs_done < schedule.epochs and not progress.stopped:  # a diverged phase stays over
         with distribute.keras_fit(model, train_ds):
             model.fit(
@@ -176,5 +180,13 @@ def steps_per_epoch(ds: tf.data.Dataset) -> int:
     return steps
 
 
+def soft_labels(config: Config) -> bool:
+    """Whether a phase's loss takes one-hot labels: smoothed, or mixed by the augmentation."""
+    return bool(config.label_smoothing) or pipelines.mixes_labels(config.augment)
+
+
 def one_hot_labels(ds: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
+    """`ds` with one-hot labels; those the augmentation already mixed (one-hot) stay as they are."""
+    if len(ds.element_spec[1].shape) > 1:
+        return ds
     return ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)

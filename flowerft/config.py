@@ -31,6 +31,8 @@ CLASS_WEIGHTS = ("none", "balanced")
 AUTO = "auto"
 # The key of a run's config.yaml that holds the rate it found (read back on resume, never a Config field).
 FOUND_RATE = "lr_finetune_found"
+# `augment`'s parts, applied in this order (pipelines.make_augmenter); mixup and cutmix mix labels too.
+AUGMENTATIONS, MIXING = ("basic", "randaugment", "mixup", "cutmix"), ("mixup", "cutmix")
 
 # Named recipes: the values each one sets, between the dataclass defaults and a config file.
 # "flowerft" is the dataclass itself (see the comments there for why each value).
@@ -87,9 +89,10 @@ class Config:
     # "auto" keeps them in memory when they take under a quarter of RAM, else in a file cache
     # in the run dir; "memory", "file" or "none" force a choice.
     cache: str = "auto"
-    # Random flips, rotations and zooms of training images. Off like the book; turning it on
-    # also turns off the head phase's cached features (augmented images change every epoch).
-    augment: bool = False
+    # Training images augmented: "none", or AUGMENTATIONS joined with "+" (e.g. basic+mixup; "basic" is
+    # what `augment: true` meant). Off like the book until issue 22's benchmark measures them; any
+    # of them turns off the head phase's cached features (augmented images change every epoch).
+    augment: str = "none"
 
     # --- model ---
     backbone: str = "xception"
@@ -131,6 +134,10 @@ class Config:
     # Targets of (1 - s) for the true class and s / n for the others (one-hot labels, Keras's
     # CategoricalCrossentropy). Measured: it cost fine-tuned test accuracy, so it is off.
     label_smoothing: float = 0.0
+    # Validate and save each phase's exponential moving average of its weights (each step, average =
+    # m * average + (1 - m) * weights), not its last step's. Off until issue 22's benchmark measures it.
+    ema: bool = False
+    ema_momentum: float = 0.99
     # Each gradient's norm is clipped to this (0 or null: no clipping): a safety net for the first
     # fine-tuning steps, when the unfrozen base's gradients are largest.
     clipnorm: float | None = 1.0
@@ -275,6 +282,14 @@ def _check_values(c: Config) -> None:
     need(c.warmup_epochs == 0 or c.schedule == "cosine", "warmup_epochs",
          "needs schedule: cosine (the inverse_time schedule has no warm-up)")
     need(0 <= c.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    parts = c.augment.split("+")
+    need(c.augment == "none" or set(parts) <= set(AUGMENTATIONS) and len(set(parts)) == len(parts)
+         and len(set(parts) & set(MIXING)) < 2, "augment", f"must be none, or some of {', '.join(AUGMENTATIONS)} "
+         "joined with + (e.g. basic+mixup; each once, and mixup or cutmix, not both)")
+    object.__setattr__(c, "augment", "+".join(sorted(parts, key=("none", *AUGMENTATIONS).index)))  # one spelling
+    need(0 <= c.ema_momentum < 1, "ema_momentum", "must be in [0, 1)")
+    need(not (c.ema and c.micro_batch), "ema", "would average every micro-batch's step, not every batch's "
+         "(Keras's EMA counts optimizer steps); drop micro_batch or ema")
     need(c.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
     need(c.micro_batch is None or c.micro_batch >= 1, "micro_batch", "must be 1 or more (null: whole batches)")
     need(c.micro_batch is None or c.batch_size % c.micro_batch == 0, "micro_batch",

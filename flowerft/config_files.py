@@ -91,7 +91,7 @@ def given_values(yaml_path: str | Path | None = None, **overrides: Any) -> dict[
             hint = f"did you mean {close[0]}?" if close else f"known keys are {', '.join(sorted(FIELDS))}"
             raise ConfigError(f"{unknown[0]}: unknown config key; {hint}")
         values.update(source)
-    return _fold_mixed_precision(values)
+    return _fold_old_augment(_fold_mixed_precision(values))
 
 
 def _fold_mixed_precision(values: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +116,14 @@ def rate_option(text: str | None) -> float | str | None:
         return float(text)
     except ValueError:
         return text
+
+
+def _fold_old_augment(values: dict[str, Any]) -> dict[str, Any]:
+    """`augment: true` as `augment: basic` (the flips, rotations and zooms it meant), `false` as `none`:
+    `augment` was a switch before it named a policy, and runs that recorded one must still load and resume."""
+    if not isinstance(values.get("augment"), bool):
+        return values
+    return values | {"augment": "basic" if values["augment"] else "none"}
 
 
 def resolve(given: dict[str, Any]) -> Config:

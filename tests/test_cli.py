@@ -84,7 +84,7 @@ def test_switches_left_off_keep_the_yaml_value(captured, tmp_path):
     path.write_text("mixed_precision: true\naugment: true\ncache: file\n")
     assert runner.invoke(app, ["train", "--config", str(path)]).exit_code == 0
     c = captured["config"]
-    assert c.precision == "mixed" and c.augment and c.cache == "file" and not c.jit_compile
+    assert c.precision == "mixed" and c.augment == "basic" and c.cache == "file" and not c.jit_compile and not c.ema
 
 
 def test_show_config_prints_the_resolved_config_as_yaml_and_trains_nothing(captured, tmp_path):
@@ -150,9 +150,12 @@ def test_recipe_and_augment_flags(captured, tmp_path):
     path.write_text("augment: true\nlr_head: 0.1\n")
     assert runner.invoke(app, ["train", "--recipe", "book", "--config", str(path), "--no-augment"]).exit_code == 0
     c = captured["config"]
-    assert (c.recipe, c.lr_head, c.lr_finetune, c.clipnorm, c.augment) == ("book", 0.1, 0.01, None, False)
-    assert runner.invoke(app, ["train", "--augment"]).exit_code == 0
-    assert captured["config"].augment and captured["config"].recipe == "flowerft"
+    assert (c.recipe, c.lr_head, c.lr_finetune, c.clipnorm, c.augment) == ("book", 0.1, 0.01, None, "none")
+    assert runner.invoke(app, ["train", "--augment", "mixup+randaugment", "--ema"]).exit_code == 0
+    c = captured["config"]
+    assert (c.augment, c.ema, c.ema_momentum, c.recipe) == ("randaugment+mixup", True, 0.99, "flowerft")
+    assert "mixup or cutmix, not both), got 'mixup+cutmix'" in error_of(["train", "--augment", "mixup+cutmix"])
+    assert "older spelling of --augment none" in error_of(["train", "--augment", "basic", "--no-augment"])
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,16 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         ({"test_percent": 50, "valid_percent": 50}, "valid_percent"),
         ({"cache": "disk"}, "cache"),
         ({"augment": "yes"}, "augment"),
+        ({"augment": "basic+flip"}, "augment"),
+        ({"augment": "mixup+cutmix"}, "augment"),  # one way of mixing images and labels
+        ({"augment": "basic+basic"}, "augment"),
+        ({"augment": "none+basic"}, "augment"),
+        ({"augment": ""}, "augment"),
+        ({"augment": 1}, "augment"),
+        ({"ema": "yes"}, "ema"),
+        ({"ema_momentum": 1.0}, "ema_momentum"),
+        ({"ema_momentum": -0.1}, "ema_momentum"),
+        ({"ema": True, "micro_batch": 8, "weights": "imagenet"}, "ema"),  # Keras's EMA would count micro-batches
         ({"recipe": ["book"]}, "recipe"),
         ({"schedule": "linear"}, "schedule"),
         ({"warmup_epochs": -1}, "warmup_epochs"),
@@ -192,3 +202,45 @@ def test_a_run_recorded_with_the_old_mixed_precision_switch_still_loads_evaluate
     assert "mixed_precision" not in to_dict(off)  # a new run records precision alone
     with pytest.raises(ConfigError, match="^mixed_precision: expected bool"):
         make_config(mixed_precision="yes")
+
+
+def test_regularisers_are_off_by_default_and_augment_policies_have_one_spelling():
+    c = Config()
+    assert (c.augment, c.ema, c.ema_momentum) == ("none", False, 0.99)
+    assert make_config(augment="mixup+basic").augment == "basic+mixup"  # applied in AUGMENTATIONS' order
+    assert make_config(augment="cutmix+randaugment+basic").augment == "basic+randaugment+cutmix"
+    for policy in ("basic", "randaugment", "mixup", "cutmix", "randaugment+mixup"):
+        assert make_config(augment=policy).augment == policy
+    assert make_config(ema=True, ema_momentum=0).ema_momentum == 0.0
+
+
+def test_a_run_recorded_with_the_old_augment_switch_still_loads_and_resumes(tmp_path):
+    """Runs trained before `augment` named a policy recorded `augment: true/false`: true was today's
+    basic (flips, rotations, zooms), false is none, whether opened for evaluation or resumed."""
+    from flowerft.config_files import given_values
+    from flowerft.runs import layout, loader
+    from flowerft.training import session
+
+    def old_run(name, augment):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        recorded = to_dict(make_config(backbone="mobilenet", image_size=32)) | {"augment": augment}
+        recorded["run_dir"] = str(run_dir)
+        layout.write_yaml(run_dir / layout.CONFIG, recorded)
+        assert f"augment: {str(augment).lower()}" in (run_dir / layout.CONFIG).read_text()
+        return run_dir
+
+    for old, policy in ((True, "basic"), (False, "none")):
+        run = old_run(str(old), old)
+        config = loader.run_config(run)  # as evaluate, predict, export and report open a run
+        assert config.augment == policy
+        assert session.resumed_config(run, make_config(run_dir=str(run)), given={"run_dir": str(run)}) == config
+        # The old switch given again on resume (an old command re-issued) is the run's own option.
+        again = given_values(augment=old, run_dir=str(run))
+        assert session.resumed_config(run, make_config(**again), given=again) == config
+        other = given_values(augment="basic" if not old else "none", run_dir=str(run))
+        with pytest.raises(Exception, match=f"trained with augment='{policy}'"):
+            session.resumed_config(run, make_config(**other), given=other)
+    path = tmp_path / "old.yaml"
+    path.write_text("augment: true\n")
+    assert make_config(path).augment == "basic"

@@ -88,6 +88,36 @@ def test_training_pipeline_shuffles_deterministically_per_seed():
     assert sorted(order(1)) == list(range(20))
 
 
+def noise_batch(n: int = 16, n_classes: int = 4) -> tuple[tf.Tensor, tf.Tensor]:
+    """A training batch as the pipeline gives it: distinct float images in [0, 255], sparse labels."""
+    images = np.random.default_rng(1).uniform(0, 255, (n, 24, 24, 3))
+    return tf.constant(images, tf.float32), tf.range(n, dtype=tf.int64) % n_classes
+
+
+@pytest.mark.parametrize("policy", ["basic", "randaugment", "basic+randaugment"])
+def test_per_image_augmentation_changes_images_and_keeps_labels_eagerly_and_in_map(policy):
+    images, labels = noise_batch()
+    augment = pipelines.make_augmenter(policy, seed=42, n_classes=4)
+    for x, y in (augment(images, labels), in_map(augment, (images, labels))):
+        assert x.dtype == tf.float32 and x.shape == images.shape and not np.allclose(x, images)
+        np.testing.assert_array_equal(y, labels)  # sparse, untouched: the loss stays sparse
+    assert pipelines.make_augmenter("none", seed=42, n_classes=4) is None
+
+
+@pytest.mark.parametrize("policy", ["mixup", "cutmix", "randaugment+mixup", "basic+cutmix"])
+def test_mixing_gives_soft_one_hot_labels_eagerly_and_in_map(policy):
+    images, labels = noise_batch()
+    augment = pipelines.make_augmenter(policy, seed=42, n_classes=4)
+    assert pipelines.mixes_labels(policy) and not pipelines.mixes_labels("basic+randaugment")
+    for x, y in (augment(images, labels), in_map(augment, (images, labels))):
+        assert x.dtype == tf.float32 and x.shape == images.shape and not np.allclose(x, images)
+        y = y.numpy()
+        assert y.dtype == np.float32 and y.shape == (16, 4)
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+        assert (y >= 0).all() and ((y > 0).sum(axis=1) > 1).any()  # soft: some images are two classes
+        assert ((y > 0).sum(axis=1) <= 2).all()  # two images mixed, no more
+
+
 def test_split_files_is_stratified_deterministic_and_disjoint():
     files = [[f"c{c}/{i}.jpg" for i in range(40)] for c in range(3)]
     a = splitting.split_files(files, 10, 15, seed=7)

@@ -31,10 +31,11 @@ from flowerft.training import checkpoints, session
 EPOCHS_HEAD, EPOCHS_FINETUNE = 2, 2
 
 
-def config(folder, run, cache):
+def config(folder, run, cache, **more):
     return make_config(data_dir=str(folder), weights="none", backbone="mobilenet", image_size=32, batch_size=4,
                        epochs_head=EPOCHS_HEAD, epochs_finetune=EPOCHS_FINETUNE, cache=cache, run_dir=str(run),
-                       shuffle_buffer=8, tensorboard=False)  # a buffer smaller than the data: order depends on it
+                       shuffle_buffer=8, tensorboard=False,  # a buffer smaller than the data: order depends on it
+                       **more)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,6 +87,24 @@ def test_a_run_stopped_in_each_phase_and_resumed_ends_with_the_same_weights(fold
     assert rows(run) == rows(reference)  # every epoch once, with the same losses and accuracies
     assert result.metrics["best_checkpoint"] == reference_metrics["best_checkpoint"]
     assert not (run / "cache").exists() and not (run / checkpoints.STATE).exists()
+
+
+def test_a_run_with_ema_stopped_in_each_phase_and_resumed_ends_with_the_same_weights(folder, tmp_path):
+    """An epoch's saved state holds the moving average in the model and the raw weights in the
+    optimizer (callbacks.SwapEMAWeightsEachEpoch): the resumed phase must swap them back first."""
+    reference, run = tmp_path / "uninterrupted", tmp_path / "run"
+    session.run(config(folder, reference, "memory", ema=True))
+    end = named_weights(reference / "checkpoints" / "final.keras")
+    for stop, moving in ((1, [HEAD_KERNEL]), (EPOCHS_HEAD + 1, [HEAD_KERNEL, *BASE_KERNELS])):
+        stopper = stop_after(stop)
+        with pytest.raises(Interrupted):
+            session.run(config(folder, run, "memory", ema=True), callbacks=lambda phase, c: [stopper], resume=stop > 1)
+        assert_differ(stopper.weights, end, moving)
+    session.run(config(folder, run, "memory", ema=True), resume=True)
+
+    assert_same_weights(reference, run)
+    rows = lambda path: json.loads((path / "history.json").read_text())  # noqa: E731
+    assert rows(run) == rows(reference)
 
 
 def test_the_resumed_optimizer_has_the_step_count_and_momentum_it_stopped_with(folder, tmp_path, monkeypatch):

@@ -132,7 +132,7 @@ def test_the_model_card_and_the_report_speak_plainly(trained_run, tmp_path):
     result = runner.invoke(app, ["report", "--run-dir", str(trained_run), "--output", str(out)])
     assert result.exit_code == 0, result.output
     html = (out / "report.html").read_text()
-    assert "<code>finetune_from</code> null" in html and "<code>augment</code> false" in html
+    assert "<code>finetune_from</code> null" in html and "<code>augment</code> none" in html
     assert "</code> None</div>" not in html and "</code> False</div>" not in html
     assert not (trained_run / "report.html").exists()  # --output: the run is left as it was
 

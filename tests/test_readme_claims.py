@@ -127,11 +127,13 @@ def test_imagenet_weights_that_cannot_download_are_an_offline_error(tmp_path, mo
     assert time.monotonic() - start < model_module.DOWNLOAD_TIMEOUT_SECONDS
 
 
-def test_training_with_augment_runs_end_to_end(tmp_path):
+@pytest.mark.parametrize("policy", ["basic", "randaugment+mixup"])
+def test_training_with_augment_runs_end_to_end(tmp_path, policy):
     folder = make_image_folder(tmp_path / "flowers", per_class=8)
     run = tmp_path / "run"
     with tiny_base_under_head():
-        result = runner.invoke(app, ["train", "--data-dir", str(folder), *TRAIN, "--augment", "--run-dir", str(run)])
+        result = runner.invoke(app, ["train", "--data-dir", str(folder), *TRAIN, "--augment", policy,
+                                     "--run-dir", str(run)])
     assert result.exit_code == 0, result.output
-    assert "augment: true" in (run / "config.yaml").read_text()
+    assert f"augment: {policy}" in (run / "config.yaml").read_text()
     assert [row["phase"] for row in json.loads((run / "history.json").read_text())] == ["head", "finetune"]

@@ -61,7 +61,7 @@ def test_cache_auto_uses_memory_when_it_fits():
 
 
 def test_augmentation_changes_training_images_only(folder):
-    config = config_for(folder, augment=True)
+    config = config_for(folder, augment="basic")
     splits = sources.load(config)
     tf.random.set_seed(0)
     augmented = next(iter(pipelines.pipeline(splits, "train", config, training=True, cache="memory")))[0]

@@ -166,3 +166,64 @@ def test_cosine_warm_up_and_label_smoothing_run_end_to_end(tmp_path):
     assert isinstance(loss, keras.losses.CategoricalCrossentropy) and loss.label_smoothing == 0.1
     assert iterations == 10
     assert learning_rate == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ema_validates_and_saves_the_moving_average_not_the_last_step(tmp_path):
+    """With `ema`, each best checkpoint and final.keras hold the optimizer's moving average of the
+    weights at that epoch's end, which differs from the weights its last step left."""
+    from helpers import checkpoint_weights, make_image_folder, named_weights, tiny_base_under_head
+
+    folder = make_image_folder(tmp_path / "flowers", per_class=8)
+    config = make_config(data_dir=str(folder), backbone="mobilenet", weights="none", image_size=32, batch_size=4,
+                         epochs_head=2, epochs_finetune=2, ema=True, run_dir=str(tmp_path / "run"), tensorboard=False)
+    seen = {}  # global epoch -> (raw weights and averages after its last step, the model's weights at its end)
+
+    class Watch(keras.callbacks.Callback):  # after flowerft's callbacks, as the progress display is
+        def on_train_batch_end(self, batch, logs=None):  # before validation swaps the averages in
+            averages = [v for v in self.model.optimizer.variables if "average" in v.path]
+            assert len(averages) == len(self.model.trainable_variables) > 0
+            self.last_step = ([v.numpy() for v in self.model.trainable_variables], [v.numpy() for v in averages])
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen[epoch + 1] = (*self.last_step, [v.numpy() for v in self.model.trainable_variables],
+                               named_weights(self.model))
+
+    with tiny_base_under_head():
+        result = session.run(config, callbacks=lambda phase, config: [Watch()])
+    assert sorted(seen) == [1, 2, 3, 4]
+    for epoch, (raw, averages, at_end, _) in seen.items():
+        for average, weights in zip(averages, at_end, strict=True):
+            np.testing.assert_allclose(weights, average, rtol=1e-5, atol=1e-6)  # Keras swaps by adding
+        assert any(not np.allclose(r, a, rtol=1e-3, atol=1e-4) for r, a in zip(raw, averages)), epoch
+    finetune = result.metrics["phases"]["finetune"]
+    best = checkpoint_weights(tmp_path / "run", "finetune_best")
+    saved = seen[finetune["best_epoch"]][3]
+    assert best.keys() == saved.keys()
+    for path in best:
+        np.testing.assert_array_equal(best[path], saved[path])
+    final = checkpoint_weights(tmp_path / "run")
+    for path, weights in seen[4][3].items():
+        np.testing.assert_allclose(final[path], weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_a_phase_stopped_before_its_last_epoch_with_ema_ends_on_the_moving_average(ours):
+    """Keras's SwapEMAWeights alone leaves the raw weights in the model when fit stops early (once Keras
+    fixes that, this test fails and SwapEMAWeightsEachEpoch.on_train_begin can go)."""
+    from flowerft.training.callbacks import SwapEMAWeightsEachEpoch
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1, use_ema=True), "mse")
+    x, y = np.random.default_rng(0).normal(size=(16, 3)), np.ones((16, 2))
+
+    class StopAfterOneEpoch(keras.callbacks.Callback):  # as early stopping or a divergence stop would
+        def on_epoch_end(self, epoch, logs=None):
+            self.at_end = [v.numpy() for v in self.model.trainable_variables]  # the EMA weights, swapped in
+            self.model.stop_training = True
+
+    stop = StopAfterOneEpoch()
+    swap = SwapEMAWeightsEachEpoch(resumed=False) if ours else keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    model.fit(x, y, batch_size=4, epochs=3, callbacks=[swap, stop], verbose=0)
+    same = all(np.array_equal(v.numpy(), w) for v, w in zip(model.trainable_variables, stop.at_end))
+    assert same == ours

@@ -133,7 +133,7 @@ def cost_line(seconds_left: float | None, config, native_bfloat16: bool) -> str 
         return None
     options = []
     if not (config.finetune_blocks or config.finetune_from):
-        factor = PARTIAL_AUGMENTED_SPEEDUP if config.augment else PARTIAL_SPEEDUP
+        factor = PARTIAL_AUGMENTED_SPEEDUP if config.augment != "none" else PARTIAL_SPEEDUP
         options.append(f"--finetune-blocks 4 measured {factor:.1f}x faster")
     if native_bfloat16 and precision.policy(config) == "float32":
         options.append(f"--precision bfloat16 {BFLOAT16_SPEEDUP:.1f}x")

@@ -50,11 +50,14 @@ def train(
     patience: Annotated[Optional[int], typer.Option(help="End a phase after this many epochs without a better validation score, going on from its best weights (0: off)" + default("patience"))] = None,
     class_weight: Annotated[Optional[str], typer.Option(help=f"{' or '.join(CLASS_WEIGHTS)}: balanced weights each image's loss by the inverse of its class's frequency, for imbalanced classes" + default("class_weight"))] = None,
     clipnorm: Annotated[Optional[float], typer.Option(help="Clip each gradient to this norm; 0 turns clipping off" + default("clipnorm"))] = None,
-    augment: Annotated[Optional[bool], typer.Option(
-        "--augment/--no-augment",
-        help="Randomly flip images left-right, rotate them up to 18 degrees and zoom them by up to 10% in the "
-        "training pipeline (Keras preprocessing layers; never in the saved model, so evaluate and predict see "
-        "plain images). Turns off the head phase's cached features" + default("augment"))] = None,
+    augment: Annotated[Optional[str], typer.Option(
+        metavar="POLICY",
+        help="Augment training images in the training pipeline (Keras preprocessing layers; never in the saved "
+        "model, so evaluate and predict see plain images): none; basic (left-right flips, rotations up to 18 "
+        "degrees, zooms up to 10%); randaugment; mixup or cutmix (soft labels); or some joined with +, e.g. "
+        "basic+mixup. Turns off the head phase's cached features" + default("augment"))] = None,
+    no_augment: Annotated[bool, typer.Option("--no-augment", show_default=False, help="The older spelling of --augment none.")] = False,
+    ema: Annotated[bool, typer.Option("--ema", show_default=False, help="Validate and keep each phase's exponential moving average of the weights (ema_momentum in a --config file, default 0.99).")] = False,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the split, shuffling and initialisation" + default("seed"))] = None,
     run_dir: Annotated[Optional[str], typer.Option(help="Where to write this run" + default("run_dir"))] = None,
     finetune_blocks: Annotated[Optional[int], typer.Option(help="Fine-tune only the base's last N blocks; with augmentation off the frozen part runs once and fine-tuning trains on its cached activations (0: the whole base)" + default("finetune_blocks"))] = None,
@@ -76,8 +79,8 @@ def train(
         recipe=recipe, data_dir=data_dir, tfds_data_dir=tfds_data_dir, weights=weights, backbone=backbone,
         backbone_layer=backbone_layer, pixel_scaling=pixel_scaling,
         image_size=image_size, batch_size=batch_size, epochs_head=epochs_head, epochs_finetune=epochs_finetune,
-        lr_head=lr_head, lr_finetune=lr_finetune, monitor=monitor, patience=patience,
-        class_weight=class_weight, clipnorm=clipnorm, augment=augment, seed=seed, run_dir=run_dir,
+        lr_head=lr_head, lr_finetune=lr_finetune, monitor=monitor, patience=patience, class_weight=class_weight,
+        clipnorm=clipnorm, augment="none" if no_augment else augment, ema=ema or None, seed=seed, run_dir=run_dir,
         finetune_blocks=finetune_blocks, finetune_from=finetune_from, precision=precision, micro_batch=micro_batch,
         # A switch left off keeps whatever the YAML file says.
         labels=labels, tfds_name=tfds, tfds_splits=tfds_splits, hf_dataset=hf_dataset, image_column=image_column,
@@ -89,6 +92,8 @@ def train(
         options["lr_finetune"] = rate_option(lr_finetune)
         if resume and overwrite:  # one would silently lose: checked before anything is read
             raise FlowerftError("--resume continues the run in --run-dir and --overwrite replaces it; give one of them")
+        if no_augment and augment is not None:
+            raise FlowerftError(f"--no-augment is the older spelling of --augment none; give --augment {augment} alone")
         given = given_values(config_file, **options)  # the YAML file is read once
         config = resolve(given)
         if show_config:

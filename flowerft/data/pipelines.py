@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Callable
 
 import tensorflow as tf
 
-from flowerft.config import Config
+from flowerft.config import MIXING, Config
 from flowerft.data.image_io import decode_image, load_image_file, resize_image
 
 if TYPE_CHECKING:
     from flowerft.data.splitting import Splits
+
+# A batch of (float images, labels) -> the same, augmented (make_augmenter).
+Augmenter = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 def to_model_input(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -60,7 +63,7 @@ def make_pipeline(
     shuffle_buffer: int = 0,
     seed: int = 0,
     epoch: tf.Variable | None = None,
-    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    augment: Augmenter | None = None,
 ) -> tf.data.Dataset:
     """(source item, label) -> batches of (float32 images, labels), prefetched.
 
@@ -82,7 +85,7 @@ def indexed_pipeline(
     shuffle_buffer: int = 0,
     seed: int = 0,
     epoch: tf.Variable | None = None,
-    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    augment: Augmenter | None = None,
     gather: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 values, labels) gathered from in-memory tensors by shuffled index.
@@ -103,9 +106,9 @@ def indexed_pipeline(
     return _finish(ds, augment)
 
 
-def _finish(ds: tf.data.Dataset, augment) -> tf.data.Dataset:
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+def _finish(ds: tf.data.Dataset, augment: Augmenter | None) -> tf.data.Dataset:
+    if augment is not None:  # after batching: mixup and cutmix mix the images of a batch
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     # Multi-worker runs shard each batch across workers (every worker reads the whole pipeline and
     # keeps its part): the default, sharding by file, cannot work on a list of file names or on
     # in-memory tensors, and this keeps each global batch what it is on one device.
@@ -114,20 +117,46 @@ def _finish(ds: tf.data.Dataset, augment) -> tf.data.Dataset:
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def make_augmenter(seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Random flips, small rotations and zooms of a float image batch (training only)."""
+def mixes_labels(policy: str) -> bool:
+    """Whether `policy` (Config.augment) mixes images, and so makes soft (one-hot, mixed) labels."""
+    return any(part in MIXING for part in policy.split("+"))
+
+
+def make_augmenter(policy: str, seed: int, n_classes: int) -> Augmenter | None:
+    """A training batch's images (and labels) augmented as `policy` says (Config.augment); None for "none".
+
+    "basic": random left-right flips, rotations up to 18 degrees and zooms up to 10%; "randaugment":
+    Keras's RandAugment at its defaults (two of its eleven ops drawn per batch, their amounts per
+    image; it computes all eleven, so expect it to cost more than "basic"); "mixup" and "cutmix":
+    each image blended with (or a patch pasted from) another of its batch, its label mixed by the
+    same share, so the labels come out one-hot and soft (for CategoricalCrossentropy). Every layer is
+    seeded from `seed` and computes in float32 whatever the model's precision: this is data, not the
+    saved model.
+    """
     import keras
 
-    layers = [
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.05, seed=seed),
-        keras.layers.RandomZoom(0.1, seed=seed),
-    ]
+    parts = policy.split("+")
+    layers = []
+    if "basic" in parts:
+        layers += [
+            keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32"),
+            keras.layers.RandomRotation(0.05, seed=seed, dtype="float32"),
+            keras.layers.RandomZoom(0.1, seed=seed, dtype="float32"),
+        ]
+    if "randaugment" in parts:
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), seed=seed, dtype="float32"))
+    mixing = {"mixup": keras.layers.MixUp, "cutmix": keras.layers.CutMix}
+    mix = [mixing[part](seed=seed, dtype="float32") for part in parts if part in mixing]
+    if not layers and not mix:
+        return None
 
-    def augment(images: tf.Tensor) -> tf.Tensor:
+    def augment(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         for layer in layers:
             images = layer(images, training=True)
-        return images
+        for layer in mix:  # last: two augmented images are mixed, not mixed images augmented
+            mixed = layer({"images": images, "labels": tf.one_hot(labels, n_classes)}, training=True)
+            images, labels = mixed["images"], mixed["labels"]
+        return images, labels
 
     return augment
 
@@ -188,7 +217,7 @@ def pipeline(
         shuffle_buffer=config.shuffle_buffer if training else 0,
         seed=config.seed,
         epoch=epoch,
-        augment=make_augmenter(config.seed) if training and config.augment else None,
+        augment=make_augmenter(config.augment, config.seed, len(splits.class_names)) if training else None,
     )
     if cache == "memory":
         if split not in splits.decoded:

@@ -114,3 +114,30 @@ class ShuffleEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.variable.assign(epoch)
+
+
+class SwapEMAWeightsEachEpoch(keras.callbacks.SwapEMAWeights):
+    """Keras's SwapEMAWeights(swap_on_epoch=True), for an optimizer with use_ema=True, that can start swapped.
+
+    Validation runs on the EMA weights, and from each epoch's end to the next one's start the model
+    holds them (the raw weights wait in the optimizer's average variables): the callbacks after this
+    one check, checkpoint and save them. A `resumed` phase's saved state (checkpoints.EpochState) was
+    written that way round, so this starts as if it had just swapped: the next epoch swaps the raw
+    weights back in by the same arithmetic as the run that never stopped.
+    """
+
+    def __init__(self, resumed: bool):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed  # Keras's own flag: it has no public way to start swapped
+
+    def on_train_begin(self, logs=None):
+        # At its end fit copies the average variables into the model. Keras's callback makes them the
+        # EMA first only at the planned last epoch: a phase stopped sooner would end on its raw weights.
+        optimizer = self.model.optimizer
+        finalize = optimizer.finalize_variable_values
+
+        def finalize_unless_swapped(variables):
+            if not self._ema_weights_in_model:
+                finalize(variables)
+
+        optimizer.finalize_variable_values = finalize_unless_swapped

@@ -20,7 +20,6 @@ from flowerft.errors import FlowerftError
 from flowerft.model import build_model, freeze_base
 from flowerft.runs import layout, loader
 from flowerft.training import class_weights, lr_find, partial_finetune, recipe
-from flowerft.training.optimizer import compile_for_phase
 
 
 @dataclass
@@ -69,9 +68,8 @@ def _fresh_head(model, base, train_ds, config, weights, notify) -> str:
         return "the untrained classifier (the run has no head phase)"
     notify(f"the run has no head checkpoint: training a head for {config.epochs_head} epochs first (kept in memory)")
     freeze_base(base)
-    compile_for_phase(model, lr=config.lr_head, decay=config.decay_head, momentum=config.momentum,
-                      clipnorm=config.clipnorm, schedule=config.schedule,
-                      steps=config.epochs_head * recipe.steps_per_epoch(train_ds), label_smoothing=config.label_smoothing)
-    ds = recipe.one_hot_labels(train_ds, model.output_shape[-1]) if config.label_smoothing else train_ds
+    schedule = recipe.Schedule(config.epochs_head, initial_epoch=0, lr=config.lr_head, decay=config.decay_head)
+    ds, _ = recipe.compile_phase(recipe.HEAD, model, train_ds, train_ds, config, schedule,
+                                 steps=config.epochs_head * recipe.steps_per_epoch(train_ds))
     model.fit(ds, epochs=config.epochs_head, class_weight=weights, verbose=0)
     return f"a head trained afresh for {config.epochs_head} epochs"

@@ -63,6 +63,8 @@ def compile_for_phase(
     steps: int | None = None,
     warmup_steps: int = 0,
     label_smoothing: float = 0.0,
+    one_hot: bool = False,
+    ema_momentum: float | None = None,
     jit_compile: bool = False,
     micro_batches: int = 1,
     n_classes: int | None = None,
@@ -70,20 +72,25 @@ def compile_for_phase(
 ) -> None:
     """A fresh SGD for this phase: after `trainable` changes, Keras needs a recompile.
 
-    With `label_smoothing` the loss takes one-hot labels (Keras's sparse cross-entropy has no
-    smoothing): the phase's datasets must then yield them (see one_hot_labels). With
-    `micro_batches` > 1 each update accumulates that many micro-batches (micro_batches.py).
-    `rate` replaces the schedule (the learning-rate sweep's). Given `n_classes`, balanced accuracy is measured beside accuracy (what --monitor balanced_accuracy watches).
+    With `label_smoothing`, or `one_hot` (soft labels: mixup, cutmix), the loss takes one-hot labels
+    (Keras's sparse cross-entropy has neither): the phase's datasets must then yield them (see
+    one_hot_labels). With `micro_batches` > 1 each update accumulates that many micro-batches
+    (micro_batches.py). With `ema_momentum` the optimizer keeps a moving average of the weights,
+    which fit leaves in the model at its end (callbacks.SwapEMAWeightsEachEpoch shows it to validation).
+    `rate` replaces the schedule (the learning-rate sweep's). Given `n_classes`, balanced accuracy is
+    measured beside accuracy (what --monitor balanced_accuracy watches).
     """
     rate = rate or learning_rate_schedule(schedule, lr, decay=decay, steps=steps, warmup_steps=warmup_steps)
     accumulate = {}
     if micro_batches > 1:
         rate = PerBatchSchedule(rate, micro_batches)
         accumulate = dict(gradient_accumulation_steps=micro_batches)
-    optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=momentum, clipnorm=clipnorm or None, **accumulate)
+    ema = {} if ema_momentum is None else dict(use_ema=True, ema_momentum=ema_momentum)
+    optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=momentum, clipnorm=clipnorm or None,
+                                     **accumulate, **ema)
     if optimizer.clipnorm:
         clip_after_summing_replicas(optimizer)
-    if label_smoothing:
+    if label_smoothing or one_hot:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()

@@ -15,11 +15,12 @@ import keras
 import tensorflow as tf
 
 from flowerft.config import AUTO, Config
+from flowerft.data import pipelines
 from flowerft.errors import FlowerftError
 from flowerft.model import freeze_base
 from flowerft.runs import layout
 from flowerft.training import cached, checkpoints, distribute, lr_find, micro_batches, partial_finetune
-from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch
+from flowerft.training.callbacks import BestCheckpoint, DivergenceGuard, ShuffleEpoch, SwapEMAWeightsEachEpoch
 from flowerft.training.checkpoints import Progress
 from flowerft.training.monitor import EarlyStop
 from flowerft.training.optimizer import compile_for_phase
@@ -127,7 +128,7 @@ def fit_phase(
     if schedule.epochs == 0:
         return result
     steps = schedule.epochs * steps_per_epoch(train_ds) if config.schedule == "cosine" else None
-    train_ds, valid_ds = _compiled(phase, model, train_ds, valid_ds, config, schedule, steps=steps)
+    train_ds, valid_ds = compile_phase(phase, model, train_ds, valid_ds, config, schedule, steps=steps)
     progress = resume or Progress(phase, head=head)
     checkpoint = Path(layout.CHECKPOINTS) / f"{phase}_best.keras"
     if resume:
@@ -148,6 +149,8 @@ def fit_phase(
                  *setup.callbacks(phase, config)]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
+    if config.ema:  # before the guard and the checkpoints: they then see (and save) the EMA weights
+        callbacks.insert(1, SwapEMAWeightsEachEpoch(resumed=progress.weights is not None))
     # A diverged phase, or one that early stopping ended, stays over.
     if progress.epochs_done < schedule.epochs and not progress.stopped and not progress.ended_early:
         with distribute.keras_fit(model, train_ds):
@@ -174,7 +177,7 @@ def fit_phase(
     return result
 
 
-def _compiled(phase: str, model, train_ds, valid_ds, config: Config, schedule: Schedule | None, *, steps=None, rate=None):
+def compile_phase(phase: str, model, train_ds, valid_ds, config: Config, schedule: Schedule | None, *, steps=None, rate=None):
     """Compile `model` for a phase (at `schedule`, or at the learning-rate schedule `rate`); its batches to fit."""
     accumulate = micro_batches.accumulation_steps(config.batch_size, config.micro_batch) if phase == FINETUNE else 1
     # Recompile after changing `trainable`, with a new optimizer: the old one's momentum
@@ -185,8 +188,11 @@ def _compiled(phase: str, model, train_ds, valid_ds, config: Config, schedule: S
             momentum=config.momentum, clipnorm=config.clipnorm, schedule=config.schedule, steps=steps,
             warmup_steps=schedule.warmup_steps if schedule else 0, label_smoothing=config.label_smoothing,
             jit_compile=config.jit_compile, micro_batches=accumulate, n_classes=model.output_shape[-1],
+            one_hot=soft_labels(config),
+            # A sweep (rate given) measures the raw weights' loss: no average to keep.
+            ema_momentum=config.ema_momentum if config.ema and rate is None else None,
         )
-    if config.label_smoothing:  # the smoothed loss takes one-hot labels
+    if soft_labels(config):  # the loss takes one-hot labels: validation's too, so its loss is the same
         train_ds, valid_ds = (one_hot_labels(ds, model.output_shape[-1]) for ds in (train_ds, valid_ds))
     if accumulate > 1:  # memory-bounded fine-tuning: same updates (see flowerft/training/micro_batches.py)
         train_ds = micro_batches.split_batches(train_ds, config.batch_size, config.micro_batch)
@@ -196,7 +202,7 @@ def _compiled(phase: str, model, train_ds, valid_ds, config: Config, schedule: S
 def sweep_rates(phase: str, model, train_ds, config: Config, class_weight: dict | None = None) -> lr_find.Sweep:
     """The learning-rate range test (lr_find.py) on `model` compiled as `phase` would compile it."""
     rate = lr_find.exponential_rate(config.lr_find_steps)
-    train_ds, _ = _compiled(phase, model, train_ds, train_ds, config, None, rate=rate)
+    train_ds, _ = compile_phase(phase, model, train_ds, train_ds, config, None, rate=rate)
     accumulate = micro_batches.accumulation_steps(config.batch_size, config.micro_batch) if phase == FINETUNE else 1
     return lr_find.sweep(model, train_ds, config.lr_find_steps, class_weight=class_weight, updates_per_step=accumulate)
 
@@ -222,5 +228,13 @@ def steps_per_epoch(ds: tf.data.Dataset) -> int:
     return steps
 
 
+def soft_labels(config: Config) -> bool:
+    """Whether a phase's loss takes one-hot labels: smoothed, or mixed by the augmentation."""
+    return bool(config.label_smoothing) or pipelines.mixes_labels(config.augment)
+
+
 def one_hot_labels(ds: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
+    """`ds` with one-hot labels; those the augmentation already mixed (one-hot) stay as they are."""
+    if len(ds.element_spec[1].shape) > 1:
+        return ds
     return ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)

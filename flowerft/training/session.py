@@ -181,7 +181,7 @@ def _data(splits: splitting.Splits, setup: recipe.Setup, cache: str, notify) -> 
     train_ds = pipelines.pipeline(splits, "train", training=True, **pipe)
     valid_ds = pipelines.pipeline(splits, "valid", **pipe)
     # Cached head features (and a partial fine-tune's activations) need the unaugmented images in source order.
-    in_order = None if setup.config.augment else pipelines.pipeline(splits, "train", **pipe)
+    in_order = None if setup.config.augment != "none" else pipelines.pipeline(splits, "train", **pipe)
     counts = splitting.class_counts(splits)
     if line := class_weights.imbalance_line(splits.class_names, counts, setup.config):
         notify(line)

@@ -55,7 +55,8 @@ def data_lines(splits: splitting.Splits) -> list[str]:
 def start_line(config: Config, where: str, cache: str) -> str:
     """What this run trains on and how, in one line: every choice that changes its result or speed."""
     batch = f"batch {config.batch_size}" + (f" in micro-batches of {config.micro_batch}" if config.micro_batch else "")
-    more = [f"recipe {config.recipe}"] + (["augmented"] if config.augment else [])
+    more = [f"recipe {config.recipe}"] + ([f"augmented ({config.augment})"] if config.augment != "none" else [])
+    more += [f"weight EMA {config.ema_momentum:g}"] if config.ema else []
     if partial_finetune.is_partial(config):
         more.append(f"fine-tuning the last {config.finetune_blocks} blocks" if config.finetune_blocks
                     else f"fine-tuning from layer {config.finetune_from}")

@@ -16,6 +16,7 @@ from flowerft.training.monitor import BalancedAccuracy, EarlyStop
 from flowerft.training.summary import PhaseResult, summarize
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 @pytest.mark.parametrize("one_hot", [False, True])
 def test_balanced_accuracy_metric_is_sklearns(one_hot):
     rng = np.random.default_rng(0)
@@ -62,7 +63,9 @@ def test_early_stopping_resumed_counts_the_epochs_before_it_as_the_uninterrupted
 
     def stopped_at(history):
         callback = EarlyStop("accuracy", patience=2, min_delta=0.0, history=history)
-        callback.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.stop_training = False  # as fit sets it
+        callback.set_model(model)
         callback.on_train_begin()
         for epoch in range(len(history), len(scores)):
             callback.on_epoch_end(epoch, {"val_accuracy": scores[epoch]})

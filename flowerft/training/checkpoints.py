@@ -31,6 +31,7 @@ import io
 import os
 import shutil
 import time
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -195,7 +196,9 @@ def load_best(model: keras.Model, run_dir: Path, progress: Progress, published: 
     if is_staged_weights(progress.best_file) and (run_dir / STATE / progress.best_file).is_file():
         model.load_weights(run_dir / STATE / progress.best_file)
     elif published.is_file():
-        model.load_weights(published)
+        with warnings.catch_warnings():  # a checkpoint holds no optimizer state (save_model_atomic): nothing is lost
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(published)
 
 
 def write_history_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -58,15 +58,16 @@ def subset_folder(source: Path, target: Path, per_class: int | None = None, frac
     return target
 
 
-def test_scores(run_dir: Path, checkpoint: str | None) -> tuple[float | None, float | None]:
-    """Accuracy and balanced accuracy of one checkpoint of a run on the run's recorded test split."""
+def test_scores(run_dir: Path, checkpoint: str | None, tta: str | None = None) -> tuple[float | None, float | None]:
+    """Accuracy and balanced accuracy of one checkpoint of a run on the run's recorded test split
+    (with `tta` "flip": evaluate --tta's flip averaging)."""
     if checkpoint is None:
         return None, None
     from sklearn.metrics import balanced_accuracy_score
 
     from flowerft.reporting.evaluate import predict_split
 
-    probabilities, labels, _ = predict_split(run_dir, run_dir / checkpoint, "test")
+    probabilities, labels, _ = predict_split(run_dir, run_dir / checkpoint, "test", tta=tta)
     predicted = probabilities.argmax(axis=1)
     return float((predicted == labels).mean()), float(balanced_accuracy_score(labels, predicted))
 
@@ -86,12 +87,13 @@ def run_one(name: str, values: dict, seed: int, common: dict, work: Path) -> dic
     head_test, head_balanced = test_scores(result.run_dir, head["checkpoint"])
     finetune_test, finetune_balanced = test_scores(result.run_dir, finetune["checkpoint"])
     best_test, best_balanced = test_scores(result.run_dir, metrics["best_checkpoint"])
+    tta_test, tta_balanced = test_scores(result.run_dir, metrics["best_checkpoint"], tta="flip")
     row = {
         "recipe": name, "seed": seed,
         "head_val": head["best_val_accuracy"], "head_test": head_test, "head_balanced": head_balanced,
         "finetune_val": finetune["best_val_accuracy"], "finetune_test": finetune_test,
         "finetune_balanced": finetune_balanced, "best_phase": metrics["best_phase"],
-        "best_test": best_test, "best_balanced": best_balanced,
+        "best_test": best_test, "best_balanced": best_balanced, "tta_test": tta_test, "tta_balanced": tta_balanced,
         "lr_finetune": metrics.get("lr_finetune"),
         "epochs_run": head["epochs_run"] + finetune["epochs_run"],
         "diverged": finetune["stopped_because"] or head["stopped_because"],
@@ -121,15 +123,16 @@ def print_table(rows: list[dict]) -> None:
               f"| {r['wall_s'] / 60:.1f} min |")
     print()
     print("| recipe | runs | mean test accuracy (best checkpoint) | mean balanced accuracy | min-max test accuracy "
-          "| mean wall time | runs whose fine-tuning diverged |")
-    print("|---|---|---|---|---|---|---|")
+          "| with evaluate --tta: accuracy, balanced | mean wall time | runs whose fine-tuning diverged |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["recipe"] for r in rows):
         mine = [r for r in rows if r["recipe"] == name]
         tests = [r.get("best_test") for r in mine if r.get("best_test") is not None]
         spread = f"{pct(min(tests))}-{pct(max(tests))}" if tests else "-"
         diverged = sum(1 for r in mine if r["diverged"])
         print(f"| {name} | {len(mine)} | {pct(mean(tests))} | {pct(mean(r.get('best_balanced') for r in mine))} "
-              f"| {spread} | {mean(r['wall_s'] for r in mine) / 60:.1f} min | {diverged} of {len(mine)} |")
+              f"| {spread} | {pct(mean(r.get('tta_test') for r in mine))}, {pct(mean(r.get('tta_balanced') for r in mine))} "
+              f"| {mean(r['wall_s'] for r in mine) / 60:.1f} min | {diverged} of {len(mine)} |")
 
 
 def main() -> None:

@@ -151,7 +151,7 @@ def test_the_best_checkpoint_is_tracked_across_a_resume(folder, tmp_path, monkey
     with pytest.raises(Interrupted):
         session.run(config(folder, run, "memory"), callbacks=lambda phase, c: [stop_after(EPOCHS_HEAD + 1)])
     best = run / "checkpoints" / "finetune_best.keras"
-    saved, recorded = best.read_bytes(), checkpoints.Progress.load(run).best_val_accuracy
+    saved, recorded = best.read_bytes(), checkpoints.Progress.load(run).best_score
 
     # Every epoch after the resume validates worse than any before it.
     evaluate = keras.Model.evaluate

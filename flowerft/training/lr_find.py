@@ -26,9 +26,13 @@ from flowerft.errors import FlowerftError
 from flowerft.runs import layout
 
 START, END = 1e-6, 1.0
-# fastai's: an exponential moving average of the loss over ~50 steps, and "diverged" at 4x its minimum.
-SMOOTHING = 0.98
+# fastai's: "diverged" at 4x the smoothed minimum, and the loss averaged (exponentially) over about
+# half the sweep: 0.98 for its 100 steps, 1 - 2 / steps for another number (smoothing).
 DIVERGED = 4.0
+# The first tenth of the steps is left out of the search for the minimum: the average of a few noisy
+# losses is one lucky batch away from the lowest value of a flat curve (a trained head's loss is
+# flat over every rate too small to move it), which would suggest a rate of a tenth of the start.
+WARM_UP = 0.1
 JSON, PNG = "lr_find.json", "lr_find.png"
 
 
@@ -60,6 +64,7 @@ def sweep(model: keras.Model, train_ds, steps: int, *, class_weight: dict | None
     each step's loss is the mean of its micro-batches'.
     """
     saved = model.get_weights()
+    beta, warm_up = smoothing(steps), max(1, round(WARM_UP * steps))
     result, average, best = Sweep(), 0.0, math.inf
     try:
         batches = iter(train_ds.repeat())
@@ -74,31 +79,38 @@ def sweep(model: keras.Model, train_ds, steps: int, *, class_weight: dict | None
             if not math.isfinite(loss):
                 result.stopped_because = f"the loss became {loss}"
                 break
-            average = SMOOTHING * average + (1 - SMOOTHING) * loss
-            smoothed = average / (1 - SMOOTHING ** (step + 1))  # bias-corrected, as fastai does
+            average = beta * average + (1 - beta) * loss
+            smoothed = average / (1 - beta ** (step + 1))  # bias-corrected, as fastai does
             result.smoothed.append(smoothed)
-            best = min(best, smoothed)
-            if step > 0 and smoothed > DIVERGED * best:
+            if step >= warm_up:
+                best = min(best, smoothed)
+            if smoothed > DIVERGED * best:
                 result.stopped_because = f"the smoothed loss passed {DIVERGED:g}x its minimum"
                 break
     finally:
         model.set_weights(saved)
-    suggest(result)
+    suggest(result, warm_up)
     return result
 
 
-def suggest(result: Sweep) -> None:
-    """Fill the suggestion: the rate at the smoothed loss's minimum / 10 (fastai's lr_min)."""
+def smoothing(steps: int) -> float:
+    """The moving average's decay: fastai's 0.98 at 100 steps, an average over about half the sweep at any number."""
+    return 1 - 2 / steps
+
+
+def suggest(result: Sweep, warm_up: int = 0) -> None:
+    """Fill the suggestion: the rate at the smoothed loss's minimum (after `warm_up` steps) / 10 (fastai's lr_min)."""
     smoothed = np.array(result.smoothed)
-    if len(smoothed) < 3:
+    if len(smoothed) < warm_up + 3:
         raise FlowerftError(
             f"the learning-rate sweep stopped after {len(result.losses)} steps ({result.stopped_because}): too few "
             "to suggest a rate; give a --lr-finetune number instead"
         )
     rates = np.array(result.rates[:len(smoothed)])
-    lowest = int(smoothed.argmin())
+    lowest = warm_up + int(smoothed[warm_up:].argmin())
     result.minimum_rate = float(rates[lowest])
-    result.steepest_rate = float(rates[int(np.gradient(smoothed, np.log(rates)).argmin())])
+    slopes = np.gradient(smoothed, np.log(rates))
+    result.steepest_rate = float(rates[warm_up + int(slopes[warm_up:].argmin())])
     result.suggested = result.minimum_rate / 10
     result.how = (f"the smoothed loss was lowest ({smoothed[lowest]:.3g}) at {result.minimum_rate:.2g}, "
                   f"and a tenth of that still learns fast (steepest fall at {result.steepest_rate:.2g})")

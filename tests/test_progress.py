@@ -235,3 +235,20 @@ def test_at_80_columns_the_summary_shows_every_value_whole():
     out.print(phase_table(metrics))
     text = out.export_text()
     assert "…" not in text and "1234 s" in text and "0.1345" in text, text
+
+
+def test_with_patience_the_eta_is_an_upper_bound_and_a_phase_ended_early_shortens_the_run():
+    import types
+
+    stream = io.StringIO()
+    config = make_config(epochs_head=4, epochs_finetune=3, patience=1)
+    with training_display(Console(file=stream, width=80)) as display:
+        for epoch in range(2):  # early stopping ends the head phase after 2 of its 4 epochs
+            callback = drive(display, "head", config, epoch=epoch, steps=2, done=2, logs=LOGS)
+            callback.on_epoch_end(epoch, FINAL)
+        callback._model = types.SimpleNamespace(stop_training=True)
+        callback.on_train_end()
+        callback = drive(display, "finetune", config, epoch=4, steps=5, done=5, logs=LOGS)
+        callback.on_epoch_end(4, FINAL)
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("finetune 1/3") and "| run 3/5 epochs, ETA at most " in last, last

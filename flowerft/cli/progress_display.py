@@ -101,6 +101,7 @@ class Display:
     def __init__(self, console: Console):
         self.console = console
         self.clock = RunClock()
+        self.planned: dict[str, int] = {}  # each phase's epochs, as the run's config plans them
         self.said_waiting: str | None = None  # a log says why there is no ETA yet once, not every epoch
         self.config = None
         self.cost_checked = False
@@ -115,8 +116,10 @@ class Display:
 
     def callbacks(self, phase: str, config) -> list[keras.callbacks.Callback]:
         """For train.run; `config` is the run's own (a resumed run's, not the command line's)."""
-        if phase == "head" or not self.clock.epochs:  # the head phase may have ended early: keep what it ran
-            self.clock.epochs = {"head": config.epochs_head, "finetune": config.epochs_finetune}
+        # Keras numbers epochs over the planned phases; the clock counts what runs (a phase may end early).
+        self.planned = {"head": config.epochs_head, "finetune": config.epochs_finetune}
+        if phase == "head" or not self.clock.epochs:
+            self.clock.epochs = dict(self.planned)
         self.clock.at_most = bool(config.patience)
         self.config = config
         if self.progress is not None:  # "finetune 10/100" must fit whole
@@ -180,8 +183,8 @@ class EpochProgress(keras.callbacks.Callback):
         self.task = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        first = 0 if self.phase == "head" else self.display.clock.epochs.get("head", 0)
-        planned = self.display.clock.epochs[self.phase]
+        first = 0 if self.phase == "head" else self.display.planned["head"]
+        planned = self.display.planned[self.phase]
         self.number = epoch - first + 1
         self.description = f"{self.phase} {self.number}/{planned}"
         self.steps = (self.params.get("steps") or 0) // self.per_batch

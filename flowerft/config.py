@@ -23,7 +23,7 @@ SCHEDULES = ("cosine", "inverse_time")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "mixed")
 TRACKERS = ("none", "mlflow")
 # The validation score that picks each phase's best checkpoint (and that --patience watches):
-# Keras's log key, and whether higher is better (training/scores.py).
+# Keras's log key, and whether higher is better (training/monitor.py).
 MONITORS = {"accuracy": ("val_accuracy", True), "balanced_accuracy": ("val_balanced_accuracy", True),
             "loss": ("val_loss", False)}
 CLASS_WEIGHTS = ("none", "balanced")

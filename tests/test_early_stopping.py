@@ -47,7 +47,7 @@ def test_no_warning_when_fine_tuning_beat_the_head_and_then_fell_back():
     assert worse["best_phase"] == "head"
     (warning,) = worse["warnings"]
     assert "fine-tuning's best validation accuracy (76.0%) is below the head phase's best (77.8%)" in warning
-    assert "a lower --lr-finetune (this run: 0.001)" in warning
+    assert "another --lr-finetune (this run: 0.001): lower if fine-tuning's training loss rose, higher if it barely fell" in warning
 
 
 def test_the_monitor_picks_the_best_epoch_and_phase():
@@ -98,7 +98,7 @@ def test_patience_ends_each_phase_keeps_its_best_and_a_resume_does_not_undo_it(f
     for name, first in (("head", 1), ("finetune", 5)):
         p = metrics["phases"][name]
         assert (p["epochs_run"], p["best_epoch"]) == (2, first), name  # its second epoch could not do better by 1.0
-        assert p["ended_early"] == "no better validation accuracy for 1 epochs (patience 1)"
+        assert p["ended_early"] == "no better validation accuracy for 1 epoch (patience 1)"
     # The run goes on from the best weights: final.keras is fine-tuning's best checkpoint, not its last epoch.
     best = checkpoint_weights(run, "finetune_best")
     for name, value in checkpoint_weights(run).items():

@@ -54,9 +54,10 @@ def test_lr_find_writes_its_plot_and_suggestion_for_a_run_and_leaves_the_run_alo
     assert result.exit_code == 0, result.output
     assert "from the run's head checkpoint checkpoints/head_best.keras" in result.output
     assert "Suggested --lr-finetune" in result.output
-    record = json.loads((trained_run / "lr_find.json").read_text())
+    record = json.loads((trained_run / "lr_find" / "lr_find.json").read_text())
     assert len(record["rates"]) == len(record["losses"]) <= 12 and record["suggested"] > 0
-    assert (trained_run / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (trained_run / "lr_find" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (trained_run / "lr_find.json").exists()  # the run's own name: the record of --lr-finetune auto
     assert (checkpoint.stat().st_mtime_ns, (trained_run / "config.yaml").read_text()) == before
 
 
@@ -96,3 +97,28 @@ def test_auto_rate_is_found_between_the_phases_recorded_and_reused_on_resume(fol
         result = session.run(config, resume=True)
     assert rates == [0.0123] and result.metrics["lr_finetune"] == 0.0123
     assert result.metrics["phases"]["finetune"]["epochs_run"] == 2
+
+
+def test_a_sweep_too_short_to_read_fine_tunes_at_the_default_rate_and_records_it(folder, tmp_path, monkeypatch):
+    from flowerft.errors import FlowerftError
+
+    def too_short(*args, **kwargs):
+        raise FlowerftError("the learning-rate sweep stopped after 2 steps (the loss became nan): too few to suggest a rate")
+
+    monkeypatch.setattr(recipe, "sweep_rates", too_short)
+    lines = []
+    config = make_config(data_dir=str(folder), backbone="mobilenet", weights=str(save_tiny_pretrained(tmp_path / "b.weights.h5")),
+                         image_size=32, batch_size=4, epochs_head=1, epochs_finetune=1, lr_finetune="auto",
+                         tensorboard=False, run_dir=str(tmp_path / "run"))
+    with tiny_base_under_head():
+        result = session.run(config, notify=lines.append)
+    assert any(line.endswith("fine-tuning at the default rate 0.001 instead") for line in lines), lines
+    assert result.metrics["lr_finetune"] == 0.001 == lr_find.recorded_rate(tmp_path / "run")
+
+
+def test_the_model_card_names_the_rate_the_sweep_found():
+    from flowerft.serving.model_card import _finetune_rate
+
+    assert _finetune_rate(make_config(lr_finetune="auto"), {"lr_finetune": 0.0015849}) == \
+        "0.0016 (found by the learning-rate sweep of --lr-finetune auto)"
+    assert _finetune_rate(make_config(), {"lr_finetune": 0.001}) == "0.001"

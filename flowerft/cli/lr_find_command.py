@@ -13,7 +13,7 @@ from flowerft.cli.common import console, import_tensorflow_quietly, native_stder
 def lr_find(
     run_dir: Annotated[Optional[str], typer.Option(help="The run to sweep (default: the one runs/latest names); `flowerft train --epochs-finetune 0` makes one with a head.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Steps of the sweep (default: the run's lr_find_steps, 100).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Folder for lr_find.json and lr_find.png (default: the run dir).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Folder for lr_find.json and lr_find.png (default: <run>/lr_find).")] = None,
 ) -> None:
     """The learning-rate range test: fine-tune for a few steps at a growing rate, plot the loss, suggest a
     --lr-finetune. It starts from the run's head checkpoint and changes nothing in the run."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flowerft.backbones.registry import get_backbone, is_own
-from flowerft.config import Config
+from flowerft.config import AUTO, Config
 from flowerft.runs import source_record
 from flowerft.serving.predictors import BYTES_INPUT, BYTES_SIGNATURE, IMAGES_INPUT, IMAGES_SIGNATURE, LABELS_FILE
 
@@ -69,6 +69,13 @@ def _split_sizes(metrics: dict[str, Any], config: Config) -> str:
     return ", ".join(shown) + f" images (seed {config.seed})"
 
 
+def _finetune_rate(config: Config, metrics: dict[str, Any]) -> str:
+    """The fine-tuning rate the run trained at: its config's, or the one --lr-finetune auto found."""
+    rate = metrics.get("lr_finetune", config.lr_finetune)
+    found = " (found by the learning-rate sweep of --lr-finetune auto)" if config.lr_finetune == AUTO else ""
+    return (f"{rate:.2g}" if isinstance(rate, float) else str(rate)) + found
+
+
 def render(report: dict[str, Any], config: Config, metrics: dict[str, Any]) -> str:
     size = report["image_size"]
     names = report["class_names"]
@@ -125,9 +132,9 @@ this; for the other inputs do it before calling the model.
 - Data: {data}; {_split_sizes(metrics, config)}. The int8 file was calibrated on {report['representative_images'] or 'no'} training images.
 - Model: {config.backbone} (weights: `{config.weights}`), global average pooling, a softmax layer; {size} px.
 - Recipe `{config.recipe}`: head {epochs(config.epochs_head)} at lr {config.lr_head:g}, then fine-tuning
-  {epochs(config.epochs_finetune)} at lr {config.lr_finetune:g} (SGD, momentum {config.momentum:g}, schedule
+  {epochs(config.epochs_finetune)} at lr {_finetune_rate(config, metrics)} (SGD, momentum {config.momentum:g}, schedule
   {config.schedule}, clipnorm {config.clipnorm or 'off'}), batch {config.batch_size}, BatchNorm {'learning from scratch' if config.weights == 'none' else 'kept in inference mode'}.
-- Checkpoint: {metrics.get('best_phase') or '-'} phase, best validation accuracy {f'{best:.1%}' if best is not None else '-'}.
+- Checkpoint: {metrics.get('best_phase') or '-'} phase (picked by validation {metrics.get('monitor', 'accuracy').replace('_', ' ')}), validation accuracy {f'{best:.1%}' if best is not None else '-'}.
 
 ## Test accuracy per format
 

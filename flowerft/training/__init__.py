@@ -4,7 +4,10 @@
                       Ctrl-C and lost workers as errors, the final writes (metrics.json, final.keras)
     start             how a run begins: checks before any data is read, the start line, its run dir
     recipe            the two phases: train_head, fine_tune, and fit_phase (compile, callbacks, fit)
-    optimizer         the SGD each phase compiles with: schedule, clipping after the replicas' sum, EMA
+    optimizer         the SGD each phase compiles with: schedule, clipping after the replicas' sum
+    lr_find           the learning-rate range test (--lr-finetune auto); find_rate: `flowerft lr-find` on a run
+    monitor           the validation score (--monitor), balanced accuracy as a metric, early stopping
+    class_weights     imbalanced classes: the start-of-run warning, --class-weight balanced, EMA
     cached            the frozen part run once: the head's features, a partial fine-tune's activations
     partial_finetune  where the base is cut, and which part of it learns
     checkpoints       the state saved after every epoch, for --resume; atomic saves

@@ -99,5 +99,5 @@ class EarlyStop(keras.callbacks.EarlyStopping):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if self.model.stop_training and self.stopped_epoch == epoch:
-            self.reason = (f"no better validation {self.monitor_name.replace('_', ' ')} for {self.wait} epochs "
-                           f"(patience {self.patience})")
+            epochs = f"{self.wait} epoch{'s' if self.wait != 1 else ''}"
+            self.reason = f"no better validation {self.monitor_name.replace('_', ' ')} for {epochs} (patience {self.patience})"

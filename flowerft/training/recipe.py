@@ -14,7 +14,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from flowerft.config import AUTO, Config
+from flowerft.config import AUTO, DEFAULTS, Config
 from flowerft.data import pipelines
 from flowerft.errors import FlowerftError
 from flowerft.model import freeze_base
@@ -213,11 +213,16 @@ def _auto_rate(model, train_ds, setup: Setup, class_weight: dict | None) -> floa
     if found is None:
         setup.notify(f"finding the fine-tuning rate: a {setup.config.lr_find_steps}-step learning-rate sweep "
                      "(every weight is put back after it)")
-        result = sweep_rates(FINETUNE, model, train_ds, setup.config, class_weight)
-        lr_find.write(result, setup.run_dir, "Fine-tuning learning-rate sweep")
-        lr_find.record_rate(setup.run_dir, result.suggested)
-        setup.notify(result.line())
-        found = result.suggested
+        try:
+            result = sweep_rates(FINETUNE, model, train_ds, setup.config, class_weight)
+        except FlowerftError as e:  # too few clean steps to read a rate from: the run goes on at the default
+            found = DEFAULTS["lr_finetune"]
+            setup.notify(f"{e}; fine-tuning at the default rate {found:g} instead")
+        else:
+            lr_find.write(result, setup.run_dir, "Fine-tuning learning-rate sweep")
+            setup.notify(result.line())
+            found = result.suggested
+        lr_find.record_rate(setup.run_dir, found)  # before training: a resume trains at the same rate
     return found
 
 

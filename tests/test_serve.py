@@ -268,3 +268,23 @@ def test_a_port_in_use_is_a_one_line_error():
             serve.bind("127.0.0.1", taken.getsockname()[1])
     finally:
         taken.close()
+
+
+def test_serve_model_serves_a_keras_file_with_the_class_names_of_its_run(trained_run, images):
+    """`serve --model x.keras`: the file alone, its class names from the run it sits in (checkpoints/..)."""
+    model = trained_run / "checkpoints" / "final.keras"
+    predictor, _ = predict.load_predictor(model_path=model)
+    assert predictor.class_names == json.loads((trained_run / "class_names.json").read_text())
+    served = ServerProcess("--model", str(model))
+    try:
+        photo = images["JPEG"]
+        response = requests.post(f"{served.url}/predict?k=3", files=[("file", (photo.name, photo.read_bytes()))],
+                                 timeout=60)
+        assert response.status_code == 200, response.text
+        (got,) = response.json()["predictions"]
+        want = predictor(image_io.read_image(photo, predictor.image_size).numpy()[None])[0]
+        assert [t["label"] for t in got["top_k"]] == [t["label"] for t in ranking.top_k(want, predictor.class_names, 3)]
+        status = requests.get(f"{served.url}/v1/models/flowerft", timeout=10).json()
+        assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        served.stop()

@@ -1,6 +1,7 @@
 """The serve page in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven
 by Selenium) chooses a photo and shows its top class, as the server's own API answers it."""
 
+import base64
 import os
 import shutil
 
@@ -64,6 +65,23 @@ def test_choosing_a_photo_on_a_phone_sized_page_shows_its_top_class(trained_run,
         browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(broken))
         error = WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".card .error"))[0]
         assert "broken.png: not an image" in error.text
+        # Dropped on the page (the drag-and-drop a desktop user does), as a browser delivers a dropped file.
+        browser.execute_script("""
+            const [b64, name] = arguments;
+            const file = new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, {type: "image/jpeg"});
+            const data = new DataTransfer();
+            data.items.add(file);
+            const drop = document.getElementById("drop");
+            for (const type of ["dragover", "drop"]) {
+                drop.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+            }
+        """, base64.b64encode(photo.read_bytes()).decode(), "dropped.jpg")
+        dropped = WebDriverWait(browser, 60).until(lambda b: [
+            card for card in b.find_elements(By.CSS_SELECTOR, ".card")
+            if card.find_elements(By.CSS_SELECTOR, ".name") and card.find_element(By.CSS_SELECTOR, ".name").text == "dropped.jpg"
+            and card.find_elements(By.CSS_SELECTOR, ".row .label")])[0]
+        assert dropped.find_element(By.CSS_SELECTOR, ".row .label").text == top["label"]
+        assert "over" not in browser.find_element(By.ID, "drop").get_attribute("class")
         # usable on a phone: nothing wider than its screen
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
 

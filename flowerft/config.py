@@ -90,7 +90,7 @@ class Config:
     # in the run dir; "memory", "file" or "none" force a choice.
     cache: str = "auto"
     # Training images augmented: "none", or AUGMENTATIONS joined with "+" (e.g. basic+mixup; "basic" is
-    # what `augment: true` meant). Off like the book until issue 22's benchmark measures them; any
+    # what `augment: true` meant). Off like the book: none measured better (README, Recipes); any
     # of them turns off the head phase's cached features (augmented images change every epoch).
     augment: str = "none"
 
@@ -135,7 +135,7 @@ class Config:
     # CategoricalCrossentropy). Measured: it cost fine-tuned test accuracy, so it is off.
     label_smoothing: float = 0.0
     # Validate and save each phase's exponential moving average of its weights (each step, average =
-    # m * average + (1 - m) * weights), not its last step's. Off until issue 22's benchmark measures it.
+    # m * average + (1 - m) * weights), not its last step's. Off: measured worse on short runs (README, Recipes).
     ema: bool = False
     ema_momentum: float = 0.99
     # Each gradient's norm is clipped to this (0 or null: no clipping): a safety net for the first

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from flowerft.config import Config
 from flowerft.data import network, splitting
-from flowerft.data.splitting import SPLIT_ALIASES, SPLIT_NAMES, Splits, arrange, ordered_classes
+from flowerft.data.splitting import SPLIT_ALIASES, SPLIT_NAMES, Splits, arrange, label_counts, ordered_classes
 from flowerft.errors import DataError, OfflineError
 
 HUB_HOST = ("huggingface.co", 443)
@@ -119,9 +119,9 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
     record = {"kind": "hf", "name": name, "image_column": image, "label_column": label, "has_test": bool(files["test"]),
               "given_splits": [ours[s] for s in ("train", "valid", "test") if s in ours],
               "rows": {s: [[split, row, y] for (split, row), y in files[s]] for s in SPLIT_NAMES}}
-    counts = {s: [sum(1 for _, y in files[s] if y == i) for i in range(len(class_names))] for s in SPLIT_NAMES}
     return Splits(class_names=class_names, element="encoded", sizes={s: len(files[s]) for s in SPLIT_NAMES},
-                  record=record, notes=notes, skipped=skipped, counts=counts,
+                  record=record, notes=notes, skipped=skipped,
+                  counts=lambda split: label_counts([y for _, y in files[split]], len(class_names)),
                   **{s: _encoded_dataset(found, image, files[s]) for s in SPLIT_NAMES})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
 import tensorflow as tf
 
@@ -45,8 +45,9 @@ class Splits:
     # What the run records of its source (source.json), and what training says about it at the start.
     record: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # Each split's images per class, in label order, where the source knows them without decoding (TFDS).
-    counts: dict[str, list[int]] = field(default_factory=dict)
+    # A split's images per class, in label order, counted the source's own way without decoding an
+    # image (TFDS, Hugging Face); called only when a run needs them (class_counts).
+    counts: Callable[[str], list[int]] | None = None
 
     def get(self, name: str) -> tf.data.Dataset:
         return getattr(self, name)
@@ -55,13 +56,18 @@ class Splits:
 
 def class_counts(splits: Splits, split: str = "train") -> list[int]:
     """A split's images per class, in label order: from its file list, the source's counts, or its labels."""
-    if split in splits.counts:
-        return splits.counts[split]
+    if splits.counts is not None:
+        return splits.counts(split)
     if splits.files:
         labels = [y for _, y in splits.files[split]]
     else:
         labels = [int(y) for y in splits.get(split).map(lambda x, y: y).as_numpy_iterator()]
-    return [labels.count(i) for i in range(len(splits.class_names))]
+    return label_counts(labels, len(splits.class_names))
+
+
+def label_counts(labels: list[int], n_classes: int) -> list[int]:
+    """How many of `labels` each class 0..n_classes-1 has."""
+    return [labels.count(i) for i in range(n_classes)]
 
 
 def split_sizes(n: int, test_percent: int, valid_percent: int) -> tuple[int, int, int]:

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from flowerft.config import Config
 from flowerft.data import network
-from flowerft.data.splitting import SPLIT_NAMES, Splits
+from flowerft.data.splitting import SPLIT_NAMES, Splits, label_counts
 from flowerft.errors import DataError, first_line
 
 # tf_flowers' archive lives here; a quick connect tells us whether TFDS can download it.
@@ -141,14 +141,13 @@ def load(config: Config, recorded: dict | None = None) -> Splits:
     notes = [] if book else [f"TFDS {full}: test {specs['test']}, valid {specs['valid']}, train {specs['train']}"]
     class_names = list(builder.info.features[label_key].names)
     return Splits(class_names=class_names, element="image", sizes=sizes, record=record, notes=notes,
-                  counts={"train": _label_counts(builder, specs["train"], image_key, label_key, len(class_names))},
+                  counts=lambda split: _split_counts(builder, specs[split], image_key, label_key, len(class_names)),
                   **datasets)
 
 
-def _label_counts(builder, spec: str, image_key: str, label_key: str, n_classes: int) -> list[int]:
+def _split_counts(builder, spec: str, image_key: str, label_key: str, n_classes: int) -> list[int]:
     """Images per class of a split, read without decoding one image (TFDS's SkipDecoding)."""
     import tensorflow_datasets as tfds
 
     ds = builder.as_dataset(split=spec, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
-    labels = [int(y) for y in ds.map(lambda x: x[label_key]).as_numpy_iterator()]
-    return [labels.count(i) for i in range(n_classes)]
+    return label_counts([int(y) for y in ds.map(lambda x: x[label_key]).as_numpy_iterator()], n_classes)

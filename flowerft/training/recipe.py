@@ -179,7 +179,7 @@ def fit_phase(
 
 def compile_phase(phase: str, model, train_ds, valid_ds, config: Config, schedule: Schedule | None, *, steps=None, rate=None):
     """Compile `model` for a phase (at `schedule`, or at the learning-rate schedule `rate`); its batches to fit."""
-    accumulate = micro_batches.accumulation_steps(config.batch_size, config.micro_batch) if phase == FINETUNE else 1
+    accumulate = _accumulation(phase, config)
     # Recompile after changing `trainable`, with a new optimizer: the old one's momentum
     # belongs to other variables and another learning rate.
     with model.distribute_strategy.scope():  # the optimizer's variables are the strategy's
@@ -203,7 +203,7 @@ def sweep_rates(phase: str, model, train_ds, config: Config, class_weight: dict 
     """The learning-rate range test (lr_find.py) on `model` compiled as `phase` would compile it."""
     rate = lr_find.exponential_rate(config.lr_find_steps)
     train_ds, _ = compile_phase(phase, model, train_ds, train_ds, config, None, rate=rate)
-    accumulate = micro_batches.accumulation_steps(config.batch_size, config.micro_batch) if phase == FINETUNE else 1
+    accumulate = _accumulation(phase, config)
     return lr_find.sweep(model, train_ds, config.lr_find_steps, class_weight=class_weight, updates_per_step=accumulate)
 
 
@@ -224,6 +224,11 @@ def _auto_rate(model, train_ds, setup: Setup, class_weight: dict | None) -> floa
             found = result.suggested
         lr_find.record_rate(setup.run_dir, found)  # before training: a resume trains at the same rate
     return found
+
+
+def _accumulation(phase: str, config: Config) -> int:
+    """Micro-batches per update: fine-tuning's (micro_batches.py); the head phase's batches are whole."""
+    return micro_batches.accumulation_steps(config.batch_size, config.micro_batch) if phase == FINETUNE else 1
 
 
 def steps_per_epoch(ds: tf.data.Dataset) -> int:

@@ -54,6 +54,18 @@ def test_file_cache_holds_the_same_images(folder, tmp_path):
     assert any(p.name.startswith("valid") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("cache, augment", [("none", "none"), ("memory", "none"), ("file", "basic"), ("memory", "mixup")])
+def test_every_pipeline_runs_without_the_autotuner(folder, tmp_path, cache, augment):
+    """Its per-iterator thread stalls each iterator's deletion (flowerft/data/dataset_options.py)."""
+    config = config_for(folder, augment=augment)
+    splits = sources.load(config)
+    for split, training in (("train", True), ("valid", False), ("test", False)):
+        ds = pipelines.pipeline(splits, split, config, training=training, cache=cache, cache_dir=tmp_path / split)
+        assert ds.options().autotune.enabled is False, (split, cache, augment)
+        assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+        next(iter(ds))  # and it still gives batches
+
+
 def test_cache_auto_uses_memory_when_it_fits():
     assert pipelines.cache_mode(make_config(), 3670) == "memory"  # tf_flowers at 224 px: 550 MB
     assert pipelines.cache_mode(make_config(), 10**7) == "file"

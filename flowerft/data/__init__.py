@@ -7,4 +7,5 @@ sources       picks the source's loader; reloads a run's own splits
 image_folders, labels_file, tfds_datasets, hf_datasets   one module per kind of source
 network       the quick connect that makes an offline download fail in seconds
 pipelines     tf.data: decode, cache, shuffle per epoch, augment, batch, prefetch
+dataset_options  the tf.data option every pipeline runs with (autotuning off: its stall)
 """

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import tensorflow as tf
 
 from flowerft.config import MIXING, Config
+from flowerft.data.dataset_options import without_autotune
 from flowerft.data.image_io import decode_image, load_image_file, resize_image
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def _finish(ds: tf.data.Dataset, augment: Augmenter | None) -> tf.data.Dataset:
     # in-memory tensors, and this keeps each global batch what it is on one device.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+    return without_autotune(ds.prefetch(tf.data.AUTOTUNE).with_options(options))
 
 
 def mixes_labels(policy: str) -> bool:
@@ -174,7 +175,7 @@ def decode_split(splits: Splits, split: str, image_size: int) -> tuple[tf.Tensor
     load = loader(splits, image_size)
     ds = splits.get(split).map(lambda x, y: (load(x), y), num_parallel_calls=tf.data.AUTOTUNE).batch(256)
     images, labels = [], []
-    for x, y in ds.prefetch(tf.data.AUTOTUNE):
+    for x, y in without_autotune(ds.prefetch(tf.data.AUTOTUNE)):
         images.append(x)
         labels.append(y)
     return tf.concat(images, 0), tf.concat(labels, 0)

@@ -11,6 +11,7 @@ from typing import Callable, Hashable
 import tensorflow as tf
 
 from flowerft.config import Config
+from flowerft.data.dataset_options import without_autotune
 from flowerft.data.image_io import decode_image
 from flowerft.errors import DataError
 
@@ -226,6 +227,7 @@ def undecodable(paths: list[str]) -> list[str]:
 def undecodable_contents(contents: tf.data.Dataset) -> list[int]:
     """The positions of the encoded images in `contents` that do not decode."""
     ds = contents.enumerate().map(lambda i, c: (i, tf.shape(decode_image(c))), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = without_autotune(ds)
     readable = {int(i) for i, _ in ds.ignore_errors()}
     n = int(contents.reduce(0, lambda k, _: k + 1)) if contents.cardinality() < 0 else int(contents.cardinality())
     return [i for i in range(n) if i not in readable]

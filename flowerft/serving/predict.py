@@ -19,6 +19,7 @@ import tensorflow as tf
 from flowerft import inference
 from flowerft.config import DEFAULTS
 from flowerft.data import image_io
+from flowerft.data.dataset_options import without_autotune
 from flowerft.data.image_inputs import Failure, inputs_in_order
 from flowerft.errors import DataError, FlowerftError
 from flowerft.ranking import top_k
@@ -65,6 +66,7 @@ def stream(files: list[Path], predictor: predictors.Predictor, batch_size: int, 
           .ignore_errors()
           .batch(batch_size)
           .prefetch(PREFETCH_BATCHES))
+    ds = without_autotune(ds)  # a long stream ends without the autotuner's stall (dataset_options.py)
 
     def failed(i: int) -> Failure:
         try:

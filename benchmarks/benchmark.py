@@ -8,9 +8,9 @@
   (a) head phase, whole process: `flowerft train --epochs-finetune 0` / the book's plain-Keras
       script (decode every epoch, frozen base, model.fit) on the same split    [<= 0.25 at 5 epochs]
       on a folder the size of tf_flowers (--head-images, 3,670) and on the small folder
-      (--images); each with its floor: a process that only imports TensorFlow, builds the
-      network and runs it once over the training and validation images (what any tool that
-      computes the features once must pay), as a share of the book's time
+      (--images); each with a one-pass script: a process that only imports TensorFlow, builds
+      the network and runs Keras `predict` once over the training and validation images (about
+      what any tool that computes the features once must pay), as a share of the book's time
   (b) fine-tune images/s, flowerft's fit / bare train_on_batch on in-memory data [>= 0.95]
   (c) input pipeline images/s / the model's fine-tune consumption               [>= 10]
   (d) peak RSS of a `flowerft train` run, and of bare Keras training the same net [<= 3 GB at 224 px, batch 32]
@@ -108,10 +108,10 @@ model.fit(dataset(files["train"], shuffle=True), validation_data=dataset(files["
 """
 
 
-# The floor of (a): TensorFlow's import, the network built, one pass over the training and
+# (a)'s one-pass script: TensorFlow's import, the network built, one predict over the training and
 # validation images (decoded and preprocessed as the book does, without tf.data's autotuner and
 # its stall at each iterator's end: flowerft/data/dataset_options.py), nothing saved.
-FLOOR = BOOK_HEAD.split("base = ")[0] + """
+ONE_PASS = BOOK_HEAD.split("base = ")[0] + """
 base = getattr(keras.applications, constructor)(weights=None, include_top=False, input_shape=(size, size, 3), pooling="avg")
 options = tf.data.Options()
 options.autotune.enabled = False
@@ -123,13 +123,13 @@ for split in ("train", "valid"):
 def head_phase(folder: Path, args, work: Path, repeats: int) -> tuple[float, float, float]:
     """(a): the head phase as a user runs it, whole processes from start to exit: `flowerft train
     --epochs-finetune 0` (Python start-up, imports, the source check, checkpoints, curves,
-    summary: all of it) against the book's plain-Keras script on the same split, and the floor.
+    summary: all of it) against the book's plain-Keras script on the same split, and the one-pass script.
     Each is run `repeats` times, interleaved; the fastest of each counts (the machine may be busy)."""
     from flowerft.backbones.registry import get_backbone
 
     backbone = get_backbone(args.backbone)
     work.mkdir(parents=True, exist_ok=True)  # runs/latest of these runs goes here, not into the checkout
-    ours, plain, floor = [], [], []
+    ours, plain, one_pass = [], [], []
     for i in range(repeats):
         run = work / f"head-{i}"
         command = [sys.executable, "-m", "flowerft", "train", "--data-dir", str(folder), "--weights", "none",
@@ -142,9 +142,9 @@ def head_phase(folder: Path, args, work: Path, repeats: int) -> tuple[float, flo
                   str(args.batch_size), str(args.epochs), backbone.constructor, backbone.preprocess_module]
         seconds, _ = timed(lambda: subprocess.run(script, check=True))
         plain.append(seconds)
-        seconds, _ = timed(lambda: subprocess.run([sys.executable, "-c", FLOOR, *script[3:]], check=True))
-        floor.append(seconds)
-    return min(ours), min(plain), min(floor)
+        seconds, _ = timed(lambda: subprocess.run([sys.executable, "-c", ONE_PASS, *script[3:]], check=True))
+        one_pass.append(seconds)
+    return min(ours), min(plain), min(one_pass)
 
 
 def fine_tune_speed(config, steps: int):
@@ -305,11 +305,11 @@ def main() -> None:
 
     sizes = [(args.head_images, make_flowers(work / "flowers-head", args.head_images))] if args.head_images else []
     for n, images in [*sizes, (max(args.images, 500), folder)]:
-        ours, plain, floor = head_phase(images, args, work / f"head-{n}", args.repeats)
+        ours, plain, one_pass = head_phase(images, args, work / f"head-{n}", args.repeats)
         print(f"(a) head phase, {args.epochs} epochs, {n} images, whole process: `flowerft train --epochs-finetune 0` "
               f"{ours:.1f} s, the book's plain-Keras script {plain:.1f} s -> ratio {ours / plain:.3f} (target <= 0.25); "
-              f"floor (import, build, one pass) {floor:.1f} s = {floor / plain:.3f} of the book's; load average "
-              f"{os.getloadavg()[0]:.1f}", flush=True)
+              f"a script that only imports, builds and predicts once {one_pass:.1f} s = {one_pass / plain:.3f} of the "
+              f"book's; load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.part == "head":
         return
 

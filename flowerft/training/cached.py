@@ -45,6 +45,7 @@ def head_features(model: keras.Model, data, setup) -> Cached:
     """The Dense head, and batches of the base's pooled features (recipe.Data, recipe.Setup)."""
     start = time.perf_counter()
     config = setup.config
+    setup.notify(f"computing the frozen base's features of {sum(data.sizes):,} images once (the head trains on them)")
     with model.distribute_strategy.scope():  # the head trains under the model's strategy
         extractor = keras.Model(model.input, model.get_layer("avg_pool").output)
         extract = distribute.local_inference(extractor)  # traced once, for both splits
@@ -74,6 +75,7 @@ def top_activations(model: keras.Model, parts: tuple[keras.Model, keras.Model], 
     per_image = int(np.prod(extractor.output.shape[1:])) * tf.as_dtype(extractor.output.dtype).size
     n_train, n_valid = data.sizes
     in_memory = nbytes_fit_in_memory(per_image * (n_train + n_valid), config.cache)
+    setup.notify(f"computing the frozen part's activations of {n_train + n_valid:,} images once (the top trains on them)")
     if not in_memory:
         folder.mkdir(parents=True, exist_ok=True)
     pipes, extract = [], distribute.local_inference(extractor)  # traced once, for both splits

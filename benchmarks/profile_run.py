@@ -117,9 +117,10 @@ print("PROFILE " + json.dumps(spans))
 """
 
 
-def profile(args: list[str]) -> tuple[dict[str, float], float]:
+def profile(args: list[str], work: Path) -> tuple[dict[str, float], float]:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
+    # In `work`: the run's runs/latest pointer goes there, not into the caller's folder.
+    out = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, cwd=work)
     if out.returncode:
         sys.exit(f"flowerft train {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     wall = time.perf_counter() - start
@@ -146,7 +147,7 @@ def main() -> None:
               "--epochs-head", str(args.epochs_head)]
     runs = {}
     for name, finetune in (("head only", 0), ("+ 1 fine-tune epoch", 1)):
-        runs[name] = profile([*common, "--epochs-finetune", str(finetune), "--run-dir", str(work / f"run{finetune}")])
+        runs[name] = profile([*common, "--epochs-finetune", str(finetune), "--run-dir", str(work / f"run{finetune}")], work)
         sizes = {p.name: p.stat().st_size for p in (work / f"run{finetune}" / "checkpoints").glob("*.keras")}
         print(f"{name}: checkpoints " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(sizes.items())), flush=True)
     labels = list(dict.fromkeys(label for spans, _ in runs.values() for label in spans))
